@@ -1,0 +1,31 @@
+"""Backends registered ahead of their implementation: they say so in one line."""
+from __future__ import annotations
+
+from ..errors import NotBuiltYetError
+from .registry import Backend, register_backend
+
+
+class _Pending(Backend):
+    format_family = "int"
+
+    def quantize(self, source, plan, calibration, out_dir, config):
+        raise NotBuiltYetError(f"the {self.name} backend is not built yet in this version")
+
+
+@register_backend(aliases=("llamacpp",))
+class GGUFBackend(_Pending):
+    name = "gguf"
+    format_family = "gguf"
+    description = "GGUF with per-tensor llama.cpp types and our importance matrix (not built yet)"
+
+
+@register_backend
+class GPTQBackend(_Pending):
+    name = "gptq"
+    description = "GPTQ (our solver) -> compressed-tensors pack-quantized, per-layer bits (not built yet)"
+
+
+@register_backend
+class AWQBackend(_Pending):
+    name = "awq"
+    description = "AWQ scale search -> compressed-tensors / AWQ GEMM checkpoint (not built yet)"

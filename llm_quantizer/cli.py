@@ -1,0 +1,163 @@
+"""Command line: subcommands over the Python API. Flags map 1:1 onto RunConfig fields."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from . import __version__, api
+from .config import RunConfig
+from .errors import ConfigError, LLMQuantizerError
+
+_BOOL = "bool"
+# (flags, config path, type, help). Every flag's default is "not given", so a --config file
+# supplies the rest and explicit flags override it.
+CONFIG_FLAGS: list[tuple[tuple[str, ...], str, object, str]] = [
+    (("-o", "--output-dir"), "output_dir", str, "output directory"),
+    (("--backend", "--method"), "backend", str, "gguf | gptq | awq (llamacpp = gguf)"),
+    (("--budget",), "budget", str, "size budget: 3.2GB, 800MiB, 0.3 (fraction), 4.5bpw"),
+    (("--metric",), "metric", str, "layer importance metric (lim, bi, zd)"),
+    (("--device",), "device", str, "auto | cpu | cuda[:N]"),
+    (("--data",), "calibration.data", "list", "calibration text files or folders"),
+    (("--generate-calibration",), "calibration.generate", _BOOL, "generate calibration text with the model"),
+    (("--cal-samples",), "calibration.samples", int, "number of calibration sequences"),
+    (("--seq-len",), "calibration.seq_len", int, "tokens per calibration sequence"),
+    (("--seed",), "calibration.seed", int, "calibration sampling seed"),
+    (("--skip-architecture",), "skip_architecture", _BOOL, "skip the architecture analysis"),
+    (("--skip-importance",), "skip_importance", _BOOL, "skip the importance analysis"),
+    (("--llamacpp-type",), "gguf.llamacpp_type", str, "one llama.cpp type for the whole model, e.g. q4_k_m"),
+    (("--gptq-bits",), "gptq.bits", int, "GPTQ bits when no plan is used"),
+    (("--gptq-group-size",), "gptq.group_size", int, "GPTQ group size (-1: per channel)"),
+    (("--gptq-act-order",), "gptq.act_order", _BOOL, "GPTQ activation order"),
+    (("--awq-bits",), "awq.bits", int, "AWQ bits when no plan is used"),
+    (("--awq-group-size",), "awq.group_size", int, "AWQ group size"),
+    (("--awq-zero-point",), "awq.zero_point", "optbool", "AWQ zero point (true/false)"),
+]
+
+
+def _parse_bool(s: str) -> bool:
+    v = s.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def add_config_flags(p: argparse.ArgumentParser, model_positional: bool = True) -> None:
+    if model_positional:
+        p.add_argument("model_pos", nargs="?", metavar="MODEL", help="HF directory, .gguf file, example name or hub id")
+    p.add_argument("--model", dest="model", default=argparse.SUPPRESS, help="same as MODEL")
+    for flags, path, typ, help_ in CONFIG_FLAGS:
+        kw: dict = {"dest": path, "default": argparse.SUPPRESS, "help": help_}
+        if typ is _BOOL:
+            kw["action"] = "store_true"
+        elif typ == "optbool":
+            kw.update(nargs="?", const=True, type=_parse_bool)
+        elif typ == "list":
+            kw.update(nargs="+")
+        else:
+            kw["type"] = typ
+        p.add_argument(*flags, **kw)
+    p.add_argument("--config", default=None, help="read the run config from this JSON file (flags override it)")
+    p.add_argument("--export-config", default=None, metavar="FILE", help="write the resolved config as JSON and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks and debug output")
+
+
+def config_from_args(ns: argparse.Namespace) -> RunConfig:
+    base = RunConfig.load(ns.config) if getattr(ns, "config", None) else RunConfig()
+    overrides = {path: getattr(ns, path) for _, path, _, _ in CONFIG_FLAGS if hasattr(ns, path)}
+    if "backend" in overrides and overrides["backend"] == "llamacpp":
+        overrides["backend"] = "gguf"
+    model = getattr(ns, "model_pos", None) or getattr(ns, "model", None)
+    if model:
+        overrides["model"] = model
+    return base.with_overrides(overrides) if overrides else base
+
+
+def _cmd_analyze(ns, cfg: RunConfig) -> int:
+    if not cfg.model:
+        raise ConfigError("no model given (MODEL or --model)")
+    res = api.analyze(cfg.model, cfg.output_dir)
+    t = res.report["totals"]
+    m = res.report["model"]
+    print(f"{m['name']}: {m['model_type']}, {m['num_layers']} layers, {t['params']:,} parameters, "
+          f"{t['bytes'] / 2**20:.1f} MiB as stored ({t['bits_per_weight']:.2f} bpw), "
+          f"embeddings {100 * t['embedding_share']:.1f}%")
+    print(f"wrote {res.json_path} and {res.plot_path}")
+    return 0
+
+
+def _cmd_methods(ns, cfg: RunConfig) -> int:
+    from .backends import describe_backends
+
+    for b in describe_backends():
+        alias = f" (alias: {', '.join(b['aliases'])})" if b["aliases"] else ""
+        print(f"{b['name']:<6} {b['description']}{alias}")
+    return 0
+
+
+def _cmd_run(ns, cfg: RunConfig) -> int:
+    api.run(cfg)
+    return 0
+
+
+def _stage(name: str) -> Callable:
+    def cmd(ns, cfg: RunConfig) -> int:
+        getattr(api, name)(cfg)
+        return 0
+
+    return cmd
+
+
+COMMANDS: dict[str, tuple[Callable, str]] = {
+    "analyze": (_cmd_analyze, "architecture report from headers only"),
+    "calibrate": (_stage("calibrate"), "make calibration data from files or the model itself"),
+    "measure": (_stage("measure"), "stream calibration data layer by layer and measure"),
+    "plan": (_stage("plan"), "choose per-tensor formats for a budget"),
+    "quantize": (_stage("quantize"), "write the quantized model with a backend"),
+    "validate": (_stage("validate"), "perplexity, KL divergence, generations, repetition"),
+    "report": (_stage("report"), "one HTML page of the run"),
+    "run": (_cmd_run, "the whole pipeline"),
+    "methods": (_cmd_methods, "list the backend registry"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llm-quantizer", description="The best quantized model that fits a budget.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (_, help_) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        add_config_flags(sp, model_positional=name != "methods")
+    return p
+
+
+def execute(handler: Callable, ns: argparse.Namespace) -> int:
+    """Run a command; user errors become one line on stderr and a non-zero exit."""
+    verbose = getattr(ns, "verbose", False)
+    try:
+        cfg = config_from_args(ns)
+        if getattr(ns, "export_config", None):
+            cfg.save(ns.export_config)
+            print(f"wrote config to {ns.export_config}")
+            return 0
+        return handler(ns, cfg)
+    except LLMQuantizerError as e:
+        if verbose:
+            raise
+        print(f"llm-quantizer: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("llm-quantizer: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    return execute(COMMANDS[ns.command][0], ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Typed, versioned run configuration. Round-trips to JSON byte for byte; CLI flags map 1:1."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+from .io import write_text
+
+CONFIG_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CalibrationConfig(_Strict):
+    data: list[str] = Field(default_factory=list, description="text/jsonl/parquet files or folders")
+    generate: bool = False
+    samples: int = Field(128, ge=1)
+    seq_len: int = Field(512, ge=8)
+    seed: int = 0
+
+
+class GGUFOptions(_Strict):
+    llamacpp_type: Optional[str] = None          # e.g. "q4_k_m"; None: follow the plan
+
+
+class GPTQOptions(_Strict):
+    bits: int = Field(4, ge=2, le=8)
+    group_size: int = 128
+    act_order: bool = False
+    symmetric: bool = True
+
+
+class AWQOptions(_Strict):
+    bits: int = Field(4, ge=2, le=8)
+    group_size: int = 128
+    zero_point: bool = True
+
+
+class RunConfig(_Strict):
+    version: int = CONFIG_VERSION
+    model: Optional[str] = None
+    output_dir: str = "llm_quantizer_output"
+    backend: Literal["gguf", "gptq", "awq"] = "gguf"
+    budget: Optional[str] = None
+    metric: str = "lim"
+    device: str = "auto"
+    skip_architecture: bool = False
+    skip_importance: bool = False
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    gguf: GGUFOptions = Field(default_factory=GGUFOptions)
+    gptq: GPTQOptions = Field(default_factory=GPTQOptions)
+    awq: AWQOptions = Field(default_factory=AWQOptions)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        return write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"config {path} is not valid JSON: {e}") from None
+        return cls.from_dict(data, origin=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, origin: str = "config") -> "RunConfig":
+        if isinstance(data, dict) and data.get("version", CONFIG_VERSION) != CONFIG_VERSION:
+            raise ConfigError(f"{origin}: config version {data.get('version')} is not supported "
+                              f"(this build reads version {CONFIG_VERSION})")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err["loc"]) or "config"
+            raise ConfigError(f"{origin}: {where}: {err['msg']}") from None
+
+    def with_overrides(self, overrides: dict[str, object]) -> "RunConfig":
+        """Apply dotted-path overrides ("gptq.group_size": 64) and re-validate."""
+        data = self.model_dump(mode="json")
+        for path, value in overrides.items():
+            node = data
+            *parents, leaf = path.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        return RunConfig.from_dict(data, origin="flags")

@@ -1,0 +1,28 @@
+"""Quantization math: RTN, GPTQ and AWQ on plain tensors (no I/O, no model plumbing)."""
+from .awq import (
+    AWQScaleResult,
+    apply_clip,
+    auto_clip,
+    fold_into_linear_rows,
+    fold_into_norm,
+    scale_linear_columns,
+    search_scales,
+)
+from .gptq import GPTQResult, HessianAccumulator, gptq_quantize, inverse_hessian_cholesky
+from .rtn import (
+    QuantArgs,
+    compute_qparams,
+    dequantize,
+    fake_quantize,
+    qparams_from_minmax,
+    quantize,
+    quantize_rtn,
+    to_unsigned,
+)
+
+__all__ = [
+    "AWQScaleResult", "GPTQResult", "HessianAccumulator", "QuantArgs", "apply_clip", "auto_clip",
+    "compute_qparams", "dequantize", "fake_quantize", "fold_into_linear_rows", "fold_into_norm",
+    "gptq_quantize", "inverse_hessian_cholesky", "qparams_from_minmax", "quantize",
+    "quantize_rtn", "scale_linear_columns", "search_scales", "to_unsigned",
+]
