@@ -13,16 +13,18 @@ from .rtn import (
     QuantArgs,
     compute_qparams,
     dequantize,
+    dequantize_values,
     fake_quantize,
     qparams_from_minmax,
     quantize,
     quantize_rtn,
+    quantize_values,
     to_unsigned,
 )
 
 __all__ = [
     "AWQScaleResult", "GPTQResult", "HessianAccumulator", "QuantArgs", "apply_clip", "auto_clip",
-    "compute_qparams", "dequantize", "fake_quantize", "fold_into_linear_rows", "fold_into_norm",
+    "compute_qparams", "dequantize", "dequantize_values", "fake_quantize", "fold_into_linear_rows", "fold_into_norm",
     "gptq_quantize", "inverse_hessian_cholesky", "qparams_from_minmax", "quantize",
-    "quantize_rtn", "scale_linear_columns", "search_scales", "to_unsigned",
+    "quantize_rtn", "quantize_values", "scale_linear_columns", "search_scales", "to_unsigned",
 ]

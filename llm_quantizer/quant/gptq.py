@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import BackendError
-from .rtn import QuantArgs, compute_qparams, dequantize, quantize
+from .rtn import QuantArgs, compute_qparams, dequantize, dequantize_values, quantize_values
 
 log = logging.getLogger(__name__)
 
@@ -147,22 +147,31 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, args: QuantArgs, blocksize: 
     loss = torch.zeros((), dtype=torch.float64, device=W.device)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
-        Err1 = torch.zeros_like(W1)
-        for i in range(i2 - i1):
-            w, d = W1[:, i], Hinv1[i, i]
-            gl = groups.gl
-            cur = (lambda: W1[:, i:i + gl]) if i + gl <= i2 - i1 else (lambda: W[:, i1 + i:i1 + i + gl])
-            g, (s, z) = groups.at(i1 + i, cur)
-            c = quantize(w.unsqueeze(1), s, z, args)
-            q = dequantize(c, s, z).float().squeeze(1)
-            codes[:, i1 + i], gids[i1 + i] = c.squeeze(1), g
-            loss += ((w - q) ** 2).sum().double() / d.double() ** 2 / 2
-            err = (w - q) / d
-            W1[:, i:] -= torch.outer(err, Hinv1[i, i:])
-            Err1[:, i] = err
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        Err1, block_loss = _quantize_block(W, Hinv, i1, i2, groups, args, codes, gids)
+        loss += block_loss
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # lazy batch update of the later columns
     return _finish(codes, gids, groups, perm, loss.item(), used)
+
+
+def _quantize_block(W, Hinv, i1, i2, groups, args, codes, gids):
+    """Columns i1:i2 one by one (writing codes, gids); returns (scaled errors, loss)."""
+    W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+    Err1 = torch.zeros_like(W1)
+    loss = torch.zeros((), dtype=torch.float64, device=W.device)
+    gl = groups.gl
+    for i in range(i2 - i1):
+        w, d = W1[:, i], Hinv1[i, i]
+        # the group's current columns: in W1 if the group fits in this block, else (i == 0) in W
+        cur = (lambda: W1[:, i:i + gl]) if i + gl <= i2 - i1 else (lambda: W[:, i1 + i:i1 + i + gl])
+        g, (s, z) = groups.at(i1 + i, cur)
+        c = quantize_values(w, s[:, 0], z[:, 0], args)
+        q = dequantize_values(c, s[:, 0], z[:, 0]).float()
+        codes[:, i1 + i], gids[i1 + i] = c, g
+        loss += ((w - q) ** 2).sum().double() / d.double() ** 2 / 2
+        err = (w - q) / d
+        W1[:, i:] -= torch.outer(err, Hinv1[i, i:])
+        Err1[:, i] = err
+    return Err1, loss
 
 
 def _finish(codes, gids, groups, perm, loss, percdamp) -> GPTQResult:

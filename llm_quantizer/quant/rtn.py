@@ -104,8 +104,7 @@ def _grouped(w: torch.Tensor, args: QuantArgs) -> torch.Tensor:
 def _fake_grouped(wg, scale, zero, args):
     """Fake-quantize grouped weights [out, G, gs] with per-group scale/zero [out, G]."""
     s, z = scale.unsqueeze(-1), zero.unsqueeze(-1)
-    q = torch.round(torch.clamp(wg / s + z.float(), args.qmin, args.qmax))
-    return (q.to(s.dtype) - z.to(s.dtype)) * s
+    return dequantize_values(quantize_values(wg, s, z, args), s, z)
 
 
 def _mse_search(wg, wmin, wmax, args: QuantArgs):
@@ -138,18 +137,28 @@ def _expand(scale, zero, cols: int, g_idx=None):
     return scale[:, g_idx], zero[:, g_idx]
 
 
+def quantize_values(x, scale, zero, args: QuantArgs) -> torch.Tensor:
+    """int8 codes ``round(clamp(x / scale + zero))`` for scale/zero broadcastable to x."""
+    q = torch.clamp(x.float() / scale + zero.float(), args.qmin, args.qmax)
+    return torch.round(q).to(torch.int8)
+
+
+def dequantize_values(codes, scale, zero) -> torch.Tensor:
+    """``(codes - zero) * scale`` in the scale's dtype, scale/zero broadcastable to codes."""
+    return (codes.to(scale.dtype) - zero.to(scale.dtype)) * scale
+
+
 def quantize(w, scale, zero, args: QuantArgs, g_idx=None) -> torch.Tensor:
     """Signed int8 codes of w [out, in] for per-group scale/zero [out, G]."""
     s, z = _expand(scale, zero, w.shape[1], g_idx)
-    q = torch.clamp(w.float() / s + z.float(), args.qmin, args.qmax)
-    return torch.round(q).to(torch.int8)
+    return quantize_values(w, s, z, args)
 
 
 def dequantize(codes, scale, zero=None, g_idx=None, dtype=None) -> torch.Tensor:
     """``(codes - zero) * scale`` in the scale's dtype (as compressed-tensors), then ``dtype``."""
     zero = torch.zeros_like(scale, dtype=torch.int8) if zero is None else zero
     s, z = _expand(scale, zero, codes.shape[1], g_idx)
-    out = (codes.to(s.dtype) - z.to(s.dtype)) * s
+    out = dequantize_values(codes, s, z)
     return out if dtype is None else out.to(dtype)
 
 

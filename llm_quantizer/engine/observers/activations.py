@@ -1,0 +1,82 @@
+"""Per-linear input statistics: the Hessian proxy H = sum x x^T (full when small enough) and
+its diagonal, the sum of squared inputs per channel that llama.cpp calls the importance matrix."""
+from __future__ import annotations
+
+import torch
+
+from .base import LayerContext, Observer, register_observer
+
+
+class InputStats:
+    """Running sums over the rows x [tokens, in] fed to one linear."""
+
+    def __init__(self, n_in: int, full: bool, device):
+        self.sum_sq = torch.zeros(n_in, dtype=torch.float64, device=device)
+        self.h = torch.zeros(n_in, n_in, dtype=torch.float32, device=device) if full else None
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.float()
+        self.sum_sq += x.double().pow(2).sum(0)
+        if self.h is not None:
+            self.h.addmm_(x.T, x)
+        self.count += x.shape[0]
+
+    def hessian(self) -> torch.Tensor:
+        """Mean second moment E[x x^T] (full) or its diagonal (1-D)."""
+        n = max(self.count, 1)
+        return self.h / n if self.h is not None else (self.sum_sq / n).float()
+
+
+def shared_inputs(layer_map) -> dict[str, str]:
+    """Stored linear path -> the path whose accumulator it shares (same input tensor)."""
+    out = {}
+    for _, kinds in layer_map.input_groups:
+        paths = list(dict.fromkeys(layer_map.linears[k] for k in kinds if k in layer_map.linears))
+        out.update({p: paths[0] for p in paths[1:]})
+    return out
+
+
+@register_observer
+class ActivationStats(Observer):
+    """Sums of x^2 per input channel for every stored linear, plus the full H up to a size.
+
+    Linears fed the same tensor (q/k/v, gate/up) share one accumulator. At ``layer_end`` the
+    stats of the layer are put in ``ctx.state["input_stats"]`` for later observers, and the
+    imatrix entries (HF name -> (sum x^2, count)) are kept for the whole model.
+    """
+
+    name = "activations"
+    wants_linear_io = True
+
+    def __init__(self, max_full: int = 8192):
+        self.max_full = max_full
+        self.imatrix: dict[str, tuple[torch.Tensor, int]] = {}
+        self._stats: dict[str, InputStats] = {}
+        self._shared: dict[str, str] = {}
+
+    def layer_start(self, ctx):
+        self._stats, self._shared = {}, shared_inputs(ctx.layer_map)
+
+    def linear_io(self, ctx, path, x, y):
+        if path in self._shared:
+            return
+        if path not in self._stats:
+            self._stats[path] = InputStats(x.shape[1], x.shape[1] <= self.max_full, x.device)
+        self._stats[path].add(x)
+
+    def layer_end(self, ctx):
+        stats = {p: self._stats[self._shared.get(p, p)] for p in ctx.linears}
+        ctx.state["input_stats"] = stats
+        for p, s in stats.items():
+            self.imatrix[f"{ctx.prefix}{p}.weight"] = (s.sum_sq.cpu(), s.count)
+
+    def finish(self, final):
+        head = final.lm_head
+        if head is None:
+            return
+        s = InputStats(final.hidden[0].shape[-1], final.hidden[0].shape[-1] <= self.max_full, final.hidden[0].device)
+        for h in final.hidden:
+            s.add(h.reshape(-1, h.shape[-1]))
+        final.state["head_stats"] = s
+        self.imatrix["lm_head.weight"] = (s.sum_sq.cpu(), s.count)

@@ -1,0 +1,85 @@
+"""Per-tensor error probes: for each candidate format, the predicted output error
+tr(dW H dW^T) / tokens, with dW from the format's real quantizer and H from the same
+activations (``ActivationStats`` must run before this observer)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ... import formats as F
+from .base import Observer, register_observer
+
+
+def weighted_error(dw: torch.Tensor, h: torch.Tensor) -> float:
+    """tr(dW H dW^T) for full H [in, in], or sum(dW^2 * h) for a diagonal h [in]."""
+    dw = dw.float()
+    if h.dim() == 2:
+        return float(((dw @ h) * dw).sum())
+    return float((dw.pow(2) * h).sum())
+
+
+def fake_quant(w: torch.Tensor, fmt: str, imatrix: np.ndarray | None) -> torch.Tensor:
+    """``w`` [out, in] through the real quantizer of ``fmt`` and back."""
+    if fmt in F.FLOAT_TYPES:
+        return w.to({"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[fmt]).float()
+    f = F.get_format(fmt)
+    if f.family == "gguf":
+        from ...ggml.quantize import fake_quantize
+
+        return torch.from_numpy(fake_quantize(w.float().cpu().numpy(), fmt, imatrix=imatrix)).to(w.device)
+    from ...quant.rtn import QuantArgs, fake_quantize
+
+    return fake_quantize(w.float(), QuantArgs(bits=f.bits, group_size=f.group_size, symmetric=f.symmetric,
+                                              scale_dtype="bfloat16")).float()
+
+
+def probe_tensor(w: torch.Tensor, h: torch.Tensor, formats: list[str], imatrix: np.ndarray | None) -> dict:
+    """format -> {"error": ..., "effective": type actually written} for one weight."""
+    out, cache = {}, {}
+    for fmt in formats:
+        f = F.get_format(fmt)
+        if fmt in F.FLOAT_TYPES:
+            eff = fmt
+        elif f.family == "gguf":
+            if not F.gguf_supports(fmt, tuple(w.shape)):
+                continue
+            eff = F.gguf_effective_type(fmt, tuple(w.shape))
+            if eff in F.NEEDS_IMATRIX and imatrix is None:
+                continue
+        else:
+            eff = fmt
+            if f.group_size > 0 and w.shape[1] % f.group_size:
+                continue
+        if eff not in cache:
+            cache[eff] = weighted_error(w.float() - fake_quant(w, eff, imatrix), h)
+        out[fmt] = {"error": cache[eff], "effective": eff}
+    return out
+
+
+@register_observer
+class ErrorProbe(Observer):
+    name = "probes"
+
+    def __init__(self, formats: list[str]):
+        self.formats = formats
+        self.tensors: dict[str, dict] = {}
+
+    def layer_end(self, ctx):
+        stats = ctx.state["input_stats"]
+        for path, lin in ctx.linears.items():
+            s = stats[path]
+            imat = (s.sum_sq / max(s.count, 1)).float().cpu().numpy()
+            self.tensors[f"{ctx.prefix}{path}.weight"] = probe_tensor(lin.weight.detach(), s.hessian(), self.formats,
+                                                                     imat)
+
+    def finish(self, final):
+        s = final.state.get("head_stats")
+        if s is None or final.lm_head is None:
+            return
+        w = final.lm_head.weight.detach()
+        imat = (s.sum_sq / max(s.count, 1)).float().cpu().numpy()
+        name = "lm_head.weight" if not final.tied else "model.embed_tokens.weight"
+        self.tensors[name] = probe_tensor(w, s.hessian(), self.formats, imat)
+
+    def result(self) -> dict:
+        return {"formats": self.formats, "tensors": self.tensors}

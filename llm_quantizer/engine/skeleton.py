@@ -1,0 +1,58 @@
+"""The model as a skeleton: parameters on the meta device, real buffers; modules are filled
+from the source one at a time and emptied again."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..model.source import ModelSource
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" -> cuda when available, else cpu; an unavailable cuda falls back to cpu."""
+    if device in ("auto", "", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    return dev
+
+
+def build_skeleton(source: ModelSource, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The transformers model with every parameter on meta and buffers (rope, scales) real."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    cfg = source.config
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    return model.eval()
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path)
+
+
+def fill(module: nn.Module, state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """Load ``state`` (keys relative to ``module``) into a meta module, on ``device``."""
+    state = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()}
+    module.load_state_dict(state, strict=True, assign=True)
+    if any(b.device != device for b in module.buffers()):
+        module.to(device)
+    return module
+
+
+def empty(module: nn.Module) -> None:
+    """Put every parameter of ``module`` back on meta, freeing its memory."""
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is not None:
+                sub._parameters[name] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+
+
+def load_module(source: ModelSource, model: nn.Module, path: str, device, dtype) -> nn.Module:
+    """Fill the module at ``path`` from the source's tensors under that prefix."""
+    module = model.get_submodule(path)
+    prefix = path + "."
+    state = {n[len(prefix):]: source.load(n) for n in source.tensors if n.startswith(prefix)}
+    return fill(module, state, device, dtype)

@@ -1,0 +1,106 @@
+"""The measure stage: one engine pass with every observer, then measurements.json,
+the importance analysis and llama.cpp's importance matrix."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import layout
+from ..engine import EngineOptions, LayerwiseEngine
+from ..engine.observers.activations import ActivationStats
+from ..engine.observers.importance import ImportanceObserver
+from ..engine.observers.outliers import OutlierObserver
+from ..engine.observers.probes import ErrorProbe
+from ..io import write_json
+from ..model.source import ModelSource
+
+SCHEMA_VERSION = 1
+
+DEFAULT_FORMATS = {
+    "gguf": ["Q2_K", "Q3_K", "Q4_0", "Q4_K", "IQ4_XS", "Q5_0", "Q5_K", "Q6_K", "Q8_0", "F16"],
+    "int": ["int2_g32", "int2_g64", "int2_g128", "int3_g32", "int3_g64", "int3_g128", "int4_g32", "int4_g64",
+            "int4_g128", "int8_g32", "int8_g64", "int8_g128", "BF16"],
+}
+
+
+@dataclass
+class MeasureResult:
+    measurements: dict
+    importance: dict
+    imatrix: dict                       # HF weight name -> (sum x^2 [in], count)
+    paths: dict
+
+
+def run_measurements(source: ModelSource, input_ids: torch.Tensor, formats: list[str], metric: str = "lim",
+                     device: str = "auto", batch_size: int = 4, progress: bool = True) -> MeasureResult:
+    stats, imp, out, probe = ActivationStats(), ImportanceObserver(), OutlierObserver(), ErrorProbe(formats)
+    eng = LayerwiseEngine(source, EngineOptions(device=device, batch_size=batch_size, progress=progress))
+    eng.run(input_ids, [stats, imp, out, probe])
+    importance = {**imp.result(), **out.result(), "selected_metric": metric}
+    meas = build_measurements(source, probe.result(), importance, metric, tokens=int(input_ids.numel()))
+    return MeasureResult(meas, importance, stats.imatrix, {})
+
+
+def layer_weights(per_layer: list[dict], metric: str) -> dict[int, float]:
+    """Layer importance normalised to mean 1 (the planner's error weights)."""
+    vals = {d["layer"]: max(float(d[metric]), 0.0) for d in per_layer}
+    mean = sum(vals.values()) / max(len(vals), 1)
+    return {i: (v / mean if mean > 0 else 1.0) for i, v in vals.items()}
+
+
+def build_measurements(source: ModelSource, probes: dict, importance: dict, metric: str, tokens: int) -> dict:
+    lm = source.layer_map
+    weights = layer_weights(importance["layers"], metric)
+    super_tensors = {s["tensor"] for s in importance["super_weights"]}
+    tensors = []
+    for info in source.tensors.values():
+        layer, kind = lm.classify(info.name)
+        probe = probes["tensors"].get(info.name, {})
+        tensors.append({
+            "name": info.name, "gguf_name": source.gguf_name(info.name), "kind": kind, "layer": layer,
+            "shape": list(info.shape), "numel": info.numel, "source_dtype": info.dtype, "source_bytes": info.nbytes,
+            "quantizable": len(info.shape) == 2,
+            "importance": weights.get(layer, 1.0) if layer is not None else 1.0,
+            "super_weight": info.name in super_tensors,
+            "errors": {f: p["error"] for f, p in probe.items()},
+            "effective": {f: p["effective"] for f, p in probe.items() if p["effective"] != f},
+        })
+    total_params = sum(t["numel"] for t in tensors)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": {"name": source.name, "ref": source.ref, "architecture": source.model_type,
+                  "num_layers": source.num_layers, "total_params": total_params,
+                  "original_bytes": sum(t["source_bytes"] for t in tensors),
+                  "bf16_bytes": 2 * total_params, "tied_embeddings": source.tied_embeddings},
+        "calibration": {"tokens": tokens},
+        "metric": metric, "formats": probes["formats"],
+        "error_definition": "tr(dW H dW^T) / tokens, H = sum x x^T of the linear's calibration inputs",
+        "super_weights": importance["super_weights"],
+        "tensors": tensors,
+    }
+
+
+def write_outputs(res: MeasureResult, out_dir: Path, source: ModelSource, datasets=("calibration",),
+                  chunk_size: int = 512) -> dict:
+    from ..ggml.imatrix import write_imatrix
+    from .plots import plot_layer_importance, plot_weight_distributions
+
+    out_dir = Path(out_dir)
+    paths = {"measurements": write_json(out_dir / layout.MEASUREMENTS, res.measurements),
+             "importance": write_json(out_dir / layout.IMPORTANCE / "importance_analysis.json", res.importance)}
+    entries = {}
+    for name, (sum_sq, count) in res.imatrix.items():
+        gname = source.gguf_name(name) if name != "lm_head.weight" or not source.tied_embeddings else "output.weight"
+        if gname:
+            entries[gname] = (sum_sq.float().numpy(), float(count))
+    tokens = res.measurements["calibration"]["tokens"]
+    paths["imatrix"] = write_imatrix(out_dir / layout.IMPORTANCE / "imatrix.gguf", entries, datasets=list(datasets),
+                                     chunk_count=max(tokens // chunk_size, 1), chunk_size=chunk_size)
+    paths["layer_importance_png"] = plot_layer_importance(res.importance, out_dir / layout.IMPORTANCE /
+                                                          "layer_importance.png")
+    paths["weight_distributions_png"] = plot_weight_distributions(source, out_dir / layout.IMPORTANCE /
+                                                                  "weight_distributions.png")
+    res.paths = paths
+    return paths

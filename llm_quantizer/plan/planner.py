@@ -1,0 +1,186 @@
+"""measurements + budget + constraints -> a per-tensor format plan (multiple-choice knapsack).
+
+Objective: sum over tensors of importance * error. Tensors that are not quantizable (norms,
+1-D), kept by a pattern, or kept by the int backend are fixed; their bytes and the metadata
+overhead count against the budget. The rest are knapsack items over the allowed formats,
+minus those below a bit floor (super weights, embeddings / lm_head).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+from ..errors import BudgetError, ConfigError
+from ..formats import Format, default_candidates, get_format
+from .budget import Budget, human_bytes
+from .measurements import (ErrorModel, Option, TensorInfo, make_option, parse_measurements,
+                           stored_format, tensor_options)
+from .solver import solve
+from .types import (EMBED_KINDS, KEPT, KEPT_BY_BACKEND, KNAPSACK, MIN_EMBED, NOT_QUANTIZABLE,
+                    SUPER_WEIGHT, Constraints, Plan, PlanTotals, TensorPlan)
+
+_FLOAT_BYTES = {1: "F16", 2: "BF16", 4: "F32"}
+
+
+@dataclass
+class _Item:
+    info: TensorInfo
+    options: list[Option]
+    reason: str                 # reason if the knapsack picks the lightest option, else KNAPSACK
+
+
+def make_plan(measurements: dict, budget: Budget | str | float,
+              allowed_formats: Optional[Sequence[str]] = None,
+              constraints: Optional[Constraints] = None) -> Plan:
+    """Plan formats so the model fits ``budget``. ``allowed_formats`` overrides the constraints'."""
+    cons = constraints or Constraints()
+    allowed = tuple(allowed_formats or cons.allowed_formats)
+    model, infos = parse_measurements(measurements)
+    family, formats = _family(allowed)
+    cons = replace(cons, allowed_formats=tuple(f.name for f in formats))
+    budget = Budget.parse(budget)
+    errs, source = ErrorModel(infos), _source_float(model, family)
+    fixed, items = [], []
+    for t in infos:
+        entry = _classify(t, family, formats, cons, errs, source)
+        (items if isinstance(entry, _Item) else fixed).append(entry)
+    overhead = cons.overhead_bytes if cons.overhead_bytes is not None else estimate_overhead(family, len(infos))
+    budget_bytes = budget.resolve(int(model["original_bytes"]), int(model["total_params"]))
+    fixed_bytes = overhead + sum(f.bytes for f in fixed)
+    _check_budget(budget, budget_bytes, fixed_bytes, items, int(model["original_bytes"]), formats)
+    chosen, sol = _solve(items, budget_bytes - fixed_bytes)
+    tensors = _ordered(infos, fixed + chosen)
+    totals = _totals(tensors, overhead, budget_bytes, int(model["total_params"]), sol, fixed)
+    return Plan(model, family, budget, cons.allowed_formats, cons, tensors, totals)
+
+
+def _family(allowed: tuple[str, ...]) -> tuple[str, list[Format]]:
+    formats = [get_format(n) for n in allowed] or [get_format(n) for n in default_candidates("gguf")]
+    fams = {f.family for f in formats if not f.is_float}
+    if len(fams) > 1:
+        raise ConfigError("allowed formats mix GGUF types and int formats; plan one family at a time")
+    return (fams.pop() if fams else "gguf"), list(dict.fromkeys(formats))
+
+
+def _source_float(model: dict, family: str) -> str:
+    """The float format of unquantized tensors: F32 in GGUF, the source dtype otherwise."""
+    if family == "gguf":
+        return "F32"
+    dtype = str(model.get("dtype", "")).lower().replace("torch.", "")
+    named = {"bfloat16": "BF16", "bf16": "BF16", "float16": "F16", "fp16": "F16", "float32": "F32"}
+    if dtype in named:
+        return named[dtype]
+    per_param = round(int(model["original_bytes"]) / max(1, int(model["total_params"])))
+    return _FLOAT_BYTES.get(per_param, "BF16")
+
+
+def _classify(t: TensorInfo, family: str, formats: list[Format], cons: Constraints,
+              errs: ErrorModel, source: str):
+    if not t.quantizable or len(t.shape) < 2:
+        return _fixed(t, source, NOT_QUANTIZABLE, errs, family)
+    for pattern, fmt_name in cons.keep:
+        if _matches(pattern, t):
+            return _fixed(t, _keep_format(fmt_name, family).name, KEPT, errs, family)
+    if family == "int" and t.kind in cons.int_keep_kinds:
+        return _fixed(t, source, KEPT_BY_BACKEND, errs, family)
+    options = tensor_options(t, formats, errs)
+    floor, reason = _floor(t, cons)
+    if floor is None:
+        return _Item(t, options, KNAPSACK)
+    kept = [o for o in options if o.bits >= floor - 1e-9]
+    if not kept:
+        kept = [make_option(t, "F16" if family == "gguf" else source, (), errs)]
+    return _Item(t, kept, reason if len(kept) < len(options) else KNAPSACK)
+
+
+def _matches(pattern: str, t: TensorInfo) -> bool:
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"keep pattern {pattern!r} is not a valid regex: {e}") from None
+    return bool(rx.search(t.name) or (t.gguf_name and rx.search(t.gguf_name)))
+
+
+def _keep_format(name: str, family: str) -> Format:
+    fmt = get_format(name)
+    if not fmt.is_float and fmt.family != family:
+        raise ConfigError(f"keep format {fmt.name} is not a {family} format")
+    return fmt
+
+
+def _floor(t: TensorInfo, cons: Constraints) -> tuple[Optional[float], str]:
+    floors = []
+    if t.super_weight and cons.super_weight_min_bits is not None:
+        floors.append((cons.super_weight_min_bits, SUPER_WEIGHT))
+    if t.kind in EMBED_KINDS and cons.min_embed_bits is not None:
+        floors.append((cons.min_embed_bits, MIN_EMBED))
+    return max(floors) if floors else (None, KNAPSACK)
+
+
+def _fixed(t: TensorInfo, fmt_name: str, reason: str, errs: ErrorModel, family: str) -> TensorPlan:
+    fmt = get_format(fmt_name)
+    if family == "gguf":
+        stored = stored_format(fmt, t.shape)
+        nbytes = get_format(stored).nbytes(t.shape)
+    else:                                   # safetensors: stored as given, 1-D included
+        stored, nbytes = fmt.name, (fmt.nbytes(t.shape) if len(t.shape) >= 2 or fmt.family == "int"
+                                    else t.numel * fmt.type_size)
+    err, est = (0.0, False) if reason == NOT_QUANTIZABLE else errs.error(t, stored, (fmt.name,))
+    return _tensor_plan(t, Option(stored, nbytes, 8.0 * nbytes / t.numel, err, est), reason)
+
+
+def _tensor_plan(t: TensorInfo, o: Option, reason: str) -> TensorPlan:
+    return TensorPlan(t.name, t.gguf_name, t.kind, t.layer, list(t.shape), t.numel, o.format,
+                      o.bytes, o.bits, t.importance * o.error, t.importance, o.estimated, reason)
+
+
+def _check_budget(budget, budget_bytes, fixed_bytes, items, original, formats) -> None:
+    lo = fixed_bytes + sum(min(o.bytes for o in it.options) for it in items)
+    rng = f"achievable range is {human_bytes(lo)} to {human_bytes(original)} (original size)"
+    if budget_bytes < lo:
+        names = ", ".join(f.name for f in formats)
+        raise BudgetError(f"budget {budget} ({human_bytes(budget_bytes)}) is below the smallest "
+                          f"plan with formats {names}; {rng}")
+    if budget_bytes > original:
+        raise BudgetError(f"budget {budget} ({human_bytes(budget_bytes)}) is above the original "
+                          f"model size; {rng}")
+
+
+def _solve(items: list[_Item], capacity: int):
+    if not items:
+        return [], None
+    weights = [[o.bytes for o in it.options] for it in items]
+    errors = [[it.info.importance * o.error for o in it.options] for it in items]
+    sol = solve(weights, errors, capacity)
+    chosen = []
+    for it, j in zip(items, sol.choice):
+        o = it.options[int(j)]
+        lightest = o.bytes == min(x.bytes for x in it.options)
+        chosen.append(_tensor_plan(it.info, o, it.reason if lightest else KNAPSACK))
+    return chosen, sol
+
+
+def _ordered(infos: list[TensorInfo], plans: list[TensorPlan]) -> tuple[TensorPlan, ...]:
+    by_name = {p.name: p for p in plans}
+    return tuple(by_name[t.name] for t in infos)
+
+
+def _totals(tensors, overhead, budget_bytes, total_params, sol, fixed) -> PlanTotals:
+    tensor_bytes = sum(t.bytes for t in tensors)
+    error = sum(t.predicted_error for t in tensors)
+    fixed_err = sum(t.predicted_error for t in fixed)
+    lp = fixed_err + (sol.lp_bound if sol else 0.0)
+    lower = fixed_err + (sol.lower_bound if sol else 0.0)
+    return PlanTotals(tensor_bytes + overhead, tensor_bytes, overhead, budget_bytes,
+                      8.0 * tensor_bytes / max(1, total_params), error, lp, lower,
+                      max(0.0, error - lower), sol.optimal if sol else True,
+                      sol.seconds if sol else 0.0)
+
+
+def estimate_overhead(family: str, n_tensors: int) -> int:
+    """Bytes beyond tensor data: GGUF header, KV metadata with the tokenizer (~4 MiB) and per
+    tensor info + 32-byte alignment; safetensors JSON headers (~160 B per stored tensor)."""
+    if family == "gguf":
+        return 4 * 2**20 + 96 * n_tensors
+    return 64 * 2**10 + 160 * 4 * n_tensors
