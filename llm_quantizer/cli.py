@@ -102,6 +102,31 @@ def _cmd_run(ns, cfg: RunConfig) -> int:
     return 0
 
 
+def _need_model(cfg: RunConfig) -> str:
+    if not cfg.model:
+        raise ConfigError("no model given (MODEL or --model)")
+    return cfg.model
+
+
+def _cmd_calibrate(ns, cfg: RunConfig) -> int:
+    c = cfg.calibration
+    calib = api.calibrate(_need_model(cfg), cfg.output_dir, data=c.data, generate=c.generate, samples=c.samples,
+                          seq_len=c.seq_len, seed=c.seed, device=cfg.device)
+    n, L = calib.input_ids.shape
+    print(f"calibration: {n} x {L} tokens -> {cfg.output_dir}/calibration_data/")
+    return 0
+
+
+def _cmd_measure(ns, cfg: RunConfig) -> int:
+    res = api.measure(_need_model(cfg), cfg.output_dir, backend=cfg.backend, metric=cfg.metric, device=cfg.device)
+    m = res.measurements
+    sw = ", ".join(f"layer {s['layer']} [{s['row']}, {s['col']}]" for s in m["super_weights"]) or "none"
+    print(f"measured {len(m['tensors'])} tensors x {len(m['formats'])} formats; super weights: {sw}")
+    for name, p in res.paths.items():
+        print(f"wrote {p}")
+    return 0
+
+
 def _stage(name: str) -> Callable:
     def cmd(ns, cfg: RunConfig) -> int:
         getattr(api, name)(cfg)
@@ -112,8 +137,8 @@ def _stage(name: str) -> Callable:
 
 COMMANDS: dict[str, tuple[Callable, str]] = {
     "analyze": (_cmd_analyze, "architecture report from headers only"),
-    "calibrate": (_stage("calibrate"), "make calibration data from files or the model itself"),
-    "measure": (_stage("measure"), "stream calibration data layer by layer and measure"),
+    "calibrate": (_cmd_calibrate, "make calibration data from files or the model itself"),
+    "measure": (_cmd_measure, "stream calibration data layer by layer and measure"),
     "plan": (_stage("plan"), "choose per-tensor formats for a budget"),
     "quantize": (_stage("quantize"), "write the quantized model with a backend"),
     "validate": (_stage("validate"), "perplexity, KL divergence, generations, repetition"),

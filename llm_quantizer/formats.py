@@ -67,6 +67,12 @@ class Format:
     def is_float(self) -> bool:
         return self.name in FLOAT_TYPES
 
+    def supports(self, shape: Sequence[int]) -> bool:
+        """Whether the backend can store ``shape`` in this format (GGUF: maybe via fallback)."""
+        if self.family == "gguf":
+            return gguf_supports(self.name, shape)
+        return len(tuple(shape)) < 2 or int_supports(self, shape)
+
     def nbytes(self, shape: Sequence[int]) -> int:
         """Exact stored bytes of a tensor of ``shape`` in this format (see module docstring)."""
         shape = _check_shape(shape)
@@ -178,21 +184,29 @@ def _n_groups(fmt: Format, in_features: int) -> int:
     return 1 if fmt.group_size == -1 else math.ceil(in_features / fmt.group_size)
 
 
+def int_supports(fmt: Format, shape: Sequence[int]) -> bool:
+    """compressed-tensors group quantization needs in_features divisible by the group size."""
+    return fmt.group_size == -1 or _check_shape(shape)[-1] % fmt.group_size == 0
+
+
 def pack_quantized_nbytes(fmt: Format, shape: Sequence[int], scale_bytes: int = SCALE_BYTES,
                           actorder: bool = False) -> int:
-    """compressed-tensors ``pack-quantized`` bytes of one Linear weight ``[..., out, in]``.
+    """compressed-tensors ``pack-quantized`` bytes of one Linear weight ``[..., out, in]``
+    (dense packing of compressed-tensors >= 0.20, checked against its compressor):
 
-    ``weight_packed`` int32 [out, ceil(in / (32 // bits))] (3-bit packs 10 values per int32),
-    ``weight_scale`` [out, n_groups] in the 16-bit weight dtype, ``weight_shape`` int64 [2],
-    asymmetric only: ``weight_zero_point`` int32 [ceil(out / (32 // bits)), n_groups] (packed
-    along the output dim); ``weight_g_idx`` int32 [in] only with activation ordering."""
+    ``weight_packed`` int32 [out, ceil(in * bits / 32)], ``weight_scale`` [out, n_groups] in the
+    16-bit weight dtype, ``weight_shape`` int64 [2], asymmetric only: ``weight_zero_point``
+    int32 [ceil(out * bits / 32), n_groups] (packed along the output dim), and ``weight_g_idx``
+    int32 [in] only with activation ordering. (Releases before 0.20 packed 32 // bits values
+    per int32, so 3-bit took ceil(in / 10) words.)"""
     shape = _check_shape(shape)
+    if not int_supports(fmt, shape):
+        raise ConfigError(f"{fmt.name} needs in_features divisible by {fmt.group_size}, got {shape[-1]}")
     out, n_in = math.prod(shape[:-1]), shape[-1]
-    per_int32 = 32 // fmt.bits
     groups = _n_groups(fmt, n_in)
-    total = out * math.ceil(n_in / per_int32) * 4 + out * groups * scale_bytes + 2 * 8
+    total = out * math.ceil(n_in * fmt.bits / 32) * 4 + out * groups * scale_bytes + 2 * 8
     if not fmt.symmetric:
-        total += math.ceil(out / per_int32) * groups * 4
+        total += math.ceil(out * fmt.bits / 32) * groups * 4
     return total + (n_in * 4 if actorder else 0)
 
 

@@ -12,13 +12,6 @@ class _Pending(Backend):
         raise NotBuiltYetError(f"the {self.name} backend is not built yet in this version")
 
 
-@register_backend(aliases=("llamacpp",))
-class GGUFBackend(_Pending):
-    name = "gguf"
-    format_family = "gguf"
-    description = "GGUF with per-tensor llama.cpp types and our importance matrix (not built yet)"
-
-
 @register_backend
 class GPTQBackend(_Pending):
     name = "gptq"

@@ -56,3 +56,18 @@ def load_module(source: ModelSource, model: nn.Module, path: str, device, dtype)
     prefix = path + "."
     state = {n[len(prefix):]: source.load(n) for n in source.tensors if n.startswith(prefix)}
     return fill(module, state, device, dtype)
+
+
+def load_full_model(source: ModelSource, device: str = "auto", dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The whole model resident (small models, or generation): the skeleton filled module by
+    module from the same source reader the streaming loop uses."""
+    dev = resolve_device(device)
+    model = build_skeleton(source, dtype)
+    lm = source.layer_map
+    state = {n: source.load(n) for n in source.tensors}
+    if source.tied_embeddings:
+        state[f"{lm.lm_head_path}.weight"] = state[f"{lm.embed_path}.weight"]
+    fill(model, state, dev, dtype)
+    if source.tied_embeddings:
+        model.tie_weights()
+    return model.eval()

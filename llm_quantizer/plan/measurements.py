@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import ConfigError
-from ..formats import Format, get_format, gguf_effective_type, gguf_supports
+from ..formats import Format, get_format, gguf_effective_type
 
 MEASUREMENTS_SCHEMA_VERSION = 1
 _MODEL_KEYS = ("name", "architecture", "num_layers", "total_params", "original_bytes")
@@ -66,7 +66,7 @@ def parse_measurements(data: dict) -> tuple[dict, list[TensorInfo]]:
 def _tensor(t: dict, i: int) -> TensorInfo:
     try:
         shape = tuple(int(s) for s in t["shape"])
-        errors = {str(k): float(v) for k, v in (t.get("errors") or {}).items()}
+        errors = {_canonical(str(k)): float(v) for k, v in (t.get("errors") or {}).items()}
         return TensorInfo(
             name=str(t["name"]), shape=shape, numel=int(t.get("numel") or math.prod(shape)),
             gguf_name=t.get("gguf_name"), kind=str(t.get("kind") or "other"),
@@ -104,11 +104,16 @@ def _fit_c(t: TensorInfo) -> Optional[float]:
     logs = []
     for name, err in t.errors.items():
         fmt = _known(name)
-        if fmt is None or err <= 0 or (fmt.family == "gguf" and not gguf_supports(name, t.shape)):
+        if fmt is None or err <= 0 or not fmt.supports(t.shape):
             continue
         bits = get_format(stored_format(fmt, t.shape)).effective_bits(t.shape)
         logs.append(math.log(err) + 2 * bits * math.log(2))
     return math.exp(sum(logs) / len(logs)) if logs else None
+
+
+def _canonical(name: str) -> str:
+    fmt = _known(name)
+    return fmt.name if fmt else name
 
 
 def _known(name: str) -> Optional[Format]:
@@ -122,7 +127,7 @@ def tensor_options(t: TensorInfo, formats: list[Format], model: ErrorModel) -> l
     """One option per distinct stored format (GGUF types that fall back to the same type merge)."""
     requested: dict[str, list[str]] = {}
     for fmt in formats:
-        if fmt.family == "gguf" and not gguf_supports(fmt.name, t.shape):
+        if not fmt.supports(t.shape):
             continue
         requested.setdefault(stored_format(fmt, t.shape), []).append(fmt.name)
     return [make_option(t, stored, tuple(req), model) for stored, req in requested.items()]

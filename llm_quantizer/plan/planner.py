@@ -84,7 +84,10 @@ def _classify(t: TensorInfo, family: str, formats: list[Format], cons: Constrain
             return _fixed(t, _keep_format(fmt_name, family).name, KEPT, errs, family)
     if family == "int" and t.kind in cons.int_keep_kinds:
         return _fixed(t, source, KEPT_BY_BACKEND, errs, family)
-    options = tensor_options(t, formats, errs)
+    options = [o for o in tensor_options(t, formats, errs) if _imatrix_ok(o.format, t, cons)]
+    if not options:
+        raise ConfigError(f"no allowed format can store {t.name} (shape {list(t.shape)}); allow "
+                          f"F16 or a type with a smaller block")
     floor, reason = _floor(t, cons)
     if floor is None:
         return _Item(t, options, KNAPSACK)
@@ -92,6 +95,15 @@ def _classify(t: TensorInfo, family: str, formats: list[Format], cons: Constrain
     if not kept:
         kept = [make_option(t, "F16" if family == "gguf" else source, (), errs)]
     return _Item(t, kept, reason if len(kept) < len(options) else KNAPSACK)
+
+
+def _imatrix_ok(fmt_name: str, t: TensorInfo, cons: Constraints) -> bool:
+    """llama.cpp refuses IQ1_S/IQ2_* (and IQ1_M but on token_embd/output) without imatrix data;
+    token_embd never has any and output only with llama-imatrix --process-output."""
+    fmt = get_format(fmt_name)
+    embed = t.kind in EMBED_KINDS
+    needs = fmt.requires_imatrix and not (fmt.name == "IQ1_M" and embed)
+    return not needs or (cons.imatrix and not embed)
 
 
 def _matches(pattern: str, t: TensorInfo) -> bool:

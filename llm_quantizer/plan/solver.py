@@ -133,8 +133,21 @@ def _improve(W, E, choice, budget) -> np.ndarray:
         choice[i] = j
 
 
-def _close_gap(W, E, choice, lam, lp, budget, max_cells):
-    """Fix options by reduced cost, solve the ambiguous items exactly (or on a fine grid)."""
+def _close_gap(W, E, choice, lam, lp, budget, max_cells, rounds: int = 3):
+    """Fix options by reduced cost, solve the ambiguous items on a byte grid; a better primal
+    shrinks the gap, so repeat (fewer ambiguous items, finer grid) while it helps."""
+    lower, n_amb, cell = -np.inf, 0, 0
+    for _ in range(rounds):
+        better, lower, n_amb, cell, exact = _dp_round(W, E, choice, lam, lp, budget, max_cells)
+        if better is None or exact:
+            return (choice if better is None else better), lower, n_amb, cell
+        choice = better
+    return choice, lower, n_amb, cell
+
+
+def _dp_round(W, E, choice, lam, lp, budget, max_cells):
+    """One reduction + grid DP. Returns (improved choice or None, lower bound, #ambiguous,
+    cell, proven)."""
     rows = np.arange(len(choice))
     incumbent = float(E[rows, choice].sum())
     tol = 1e-9 * max(1.0, abs(incumbent))
@@ -143,20 +156,20 @@ def _close_gap(W, E, choice, lam, lp, budget, max_cells):
     alive[rows, choice] = True
     amb = np.flatnonzero(alive.sum(axis=1) > 1)
     if incumbent - lp <= tol or not len(amb):
-        return choice, incumbent, len(amb), 0
+        return None, incumbent, len(amb), 0, True
     fixed = np.setdiff1d(rows, amb)
     opts = [np.flatnonzero(alive[i]) for i in amb]
     base = [int(W[i, o].min()) for i, o in zip(amb, opts)]
     cap = budget - int(W[fixed, choice[fixed]].sum()) - sum(base)
-    incs = [W[i, o] - b for i, o, b in zip(amb, opts, base)]
-    res = grid_dp(incs, [E[i, o] for i, o in zip(amb, opts)], cap, max_cells)
+    res = grid_dp([W[i, o] - b for i, o, b in zip(amb, opts, base)],
+                  [E[i, o] for i, o in zip(amb, opts)], cap, max_cells)
     fixed_err = float(E[fixed, choice[fixed]].sum())
     lower = min(fixed_err + res.lower_bound, incumbent)
-    if fixed_err + res.error < incumbent:
-        choice = choice.copy()
-        choice[amb] = [o[j] for o, j in zip(opts, res.choice)]
-        choice = _improve(W, E, choice, budget)
-    return choice, lower, len(amb), res.cell
+    if not fixed_err + res.error < incumbent - tol:
+        return None, lower, len(amb), res.cell, res.exact
+    better = choice.copy()
+    better[amb] = [o[j] for o, j in zip(opts, res.choice)]
+    return _improve(W, E, better, budget), lower, len(amb), res.cell, res.exact
 
 
 def _result(W, E, choice, lp, lower, lam, n_amb, cell, t0) -> Solution:

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..formats import get_format, gguf_supports
+from ..formats import get_format
 from .measurements import stored_format
 
 _SENSITIVITY = {"q": 0.6, "k": 0.8, "v": 1.5, "o": 1.0, "gate": 0.9, "up": 0.9, "down": 1.4,
@@ -72,7 +72,7 @@ def _tensor(name, gguf_name, kind, layer, dims, formats, rng, importance) -> dic
     errors = {}
     for f in formats:
         fmt = get_format(f)
-        if fmt.family == "gguf" and not gguf_supports(f, dims):
+        if not fmt.supports(dims):
             continue
         bits = get_format(stored_format(fmt, dims)).effective_bits(dims)
         noise = float(rng.lognormal(0.0, 0.15))

@@ -24,7 +24,9 @@ EMBED_KINDS = ("embed", "lm_head")
 @dataclass(frozen=True)
 class Constraints:
     """What the planner may choose. ``keep``: ``(regex, format)`` pairs, searched in the HF and
-    the GGUF tensor name, first match wins. Bit floors compare stored bits per weight."""
+    the GGUF tensor name, first match wins. Bit floors compare stored bits per weight.
+    ``imatrix``: an importance matrix will be given to llama.cpp, which refuses IQ1_S/IQ2_*
+    without one; embeddings / lm_head never get those types (no imatrix data for them)."""
 
     allowed_formats: tuple[str, ...] = ()
     keep: tuple[tuple[str, str], ...] = ()
@@ -32,6 +34,7 @@ class Constraints:
     super_weight_min_bits: Optional[float] = 6.0
     overhead_bytes: Optional[int] = None
     int_keep_kinds: tuple[str, ...] = EMBED_KINDS
+    imatrix: bool = True
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -2,7 +2,7 @@
 
 Per layer: the largest |hidden state| leaving it (value, channel, token position, ratio to the
 median). For down_proj: the largest |input| per channel and |output| per channel over all
-tokens. A layer whose down_proj output spike towers over the other layers' holds a super
+tokens. A layer whose down_proj output spike towers over its other output channels holds a super
 weight: its row is the spiking output channel, its column the input channel contributing most
 to that output (|W[row, c]| * max|x_c|).
 """
@@ -18,8 +18,8 @@ class OutlierObserver(Observer):
     name = "outliers"
     wants_linear_io = True
 
-    def __init__(self, spike_ratio: float = 20.0, min_spike: float = 50.0):
-        self.spike_ratio, self.min_spike = spike_ratio, min_spike
+    def __init__(self, spike_ratio: float = 50.0):
+        self.spike_ratio = spike_ratio
         self.massive: list[dict] = []
         self.down: list[dict] = []
         self._x = self._y = None
@@ -61,17 +61,18 @@ class OutlierObserver(Observer):
         row = int(self._y.argmax())
         col = int((w[row].abs() * self._x).argmax())
         self.down.append({"layer": ctx.index, "row": row, "col": col, "weight": float(w[row, col]),
-                          "out_max": float(self._y[row]), "in_max": float(self._x[col]),
+                          "out_max": float(self._y[row]), "out_median": float(self._y.median()),
+                          "in_max": float(self._x[col]),
                           "in_argmax": int(self._x.argmax()), "tensor": f"{ctx.prefix}{self._down_path}.weight"})
 
     def super_weights(self) -> list[dict]:
-        """Layers whose down_proj output spike is ``spike_ratio`` x the median layer's."""
-        if not self.down:
-            return []
-        maxima = torch.tensor([d["out_max"] for d in self.down])
-        ref = float(maxima.median())
-        return [dict(d, spike_ratio=d["out_max"] / max(ref, 1e-12)) for d in self.down
-                if d["out_max"] >= max(self.spike_ratio * ref, self.min_spike)]
+        """Layers whose down_proj output spike is ``spike_ratio`` x the median output channel's."""
+        out = []
+        for d in self.down:
+            ratio = d["out_max"] / max(d["out_median"], 1e-12)
+            if ratio >= self.spike_ratio:
+                out.append(dict(d, spike_ratio=ratio))
+        return out
 
     def result(self) -> dict:
         return {"massive_activations": self.massive, "down_proj_spikes": self.down,

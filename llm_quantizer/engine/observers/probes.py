@@ -33,8 +33,18 @@ def fake_quant(w: torch.Tensor, fmt: str, imatrix: np.ndarray | None) -> torch.T
                                               scale_dtype="bfloat16")).float()
 
 
-def probe_tensor(w: torch.Tensor, h: torch.Tensor, formats: list[str], imatrix: np.ndarray | None) -> dict:
-    """format -> {"error": ..., "effective": type actually written} for one weight."""
+def probe_tensor(w: torch.Tensor, h: torch.Tensor, formats: list[str], imatrix: np.ndarray | None,
+                 max_numel: int = 1 << 22) -> dict:
+    """format -> {"error": ..., "effective": type actually written} for one weight.
+
+    Every format quantizes rows independently, so for a huge weight (embeddings, lm_head) the
+    error is summed over evenly spaced rows and scaled up: an unbiased estimate."""
+    scale = 1.0
+    if w.numel() > max_numel:
+        rows = max(1, max_numel // w.shape[1])
+        idx = torch.linspace(0, w.shape[0] - 1, rows).round().long().unique()
+        scale = w.shape[0] / idx.numel()
+        w = w[idx]
     out, cache = {}, {}
     for fmt in formats:
         f = F.get_format(fmt)
@@ -51,7 +61,7 @@ def probe_tensor(w: torch.Tensor, h: torch.Tensor, formats: list[str], imatrix: 
             if f.group_size > 0 and w.shape[1] % f.group_size:
                 continue
         if eff not in cache:
-            cache[eff] = weighted_error(w.float() - fake_quant(w, eff, imatrix), h)
+            cache[eff] = scale * weighted_error(w.float() - fake_quant(w, eff, imatrix), h)
         out[fmt] = {"error": cache[eff], "effective": eff}
     return out
 

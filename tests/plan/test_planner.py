@@ -1,0 +1,137 @@
+"""make_plan: budgets honoured, constraints honoured, impossible budgets explained."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from llm_quantizer.errors import BudgetError, ConfigError
+from llm_quantizer.formats import default_candidates, get_format
+from llm_quantizer.plan import Constraints, Plan, make_plan
+from llm_quantizer.plan.synthetic import Shape, make_measurements
+
+GGUF = default_candidates("gguf")
+INT = default_candidates("int")
+SHAPE = Shape(num_layers=8, hidden=1024, intermediate=2816, n_heads=16, n_kv_heads=4, vocab=8192)
+
+
+@pytest.fixture(scope="module")
+def gguf_meas():
+    return make_measurements(SHAPE, GGUF, seed=3)
+
+
+@pytest.mark.parametrize("budget", ["0.25", "0.3", "4.5bpw", "5.5bpw"])
+def test_plan_fills_budget(gguf_meas, budget):
+    plan = make_plan(gguf_meas, budget, GGUF)
+    t = plan.totals
+    assert t.bytes <= t.budget_bytes and t.bytes >= 0.99 * t.budget_bytes
+    assert t.dual_bound <= t.lower_bound <= t.predicted_error + 1e-9
+    assert sum(x.bytes for x in plan.tensors) + t.overhead_bytes == t.bytes
+    assert len(plan.tensors) == len(gguf_meas["tensors"])
+    for x in plan.tensors:
+        assert x.bytes == get_format(x.format).nbytes(x.shape)
+
+
+def test_norms_fixed_and_super_weight_floor(gguf_meas):
+    plan = make_plan(gguf_meas, "0.2", GGUF, Constraints(super_weight_min_bits=6.0))
+    for x in plan.tensors:
+        if x.kind == "norm":
+            assert (x.format, x.reason, x.bytes) == ("F32", "not quantizable", 4 * x.numel)
+    sw = [x for x in plan.tensors if x.name == "model.layers.1.mlp.down_proj.weight"][0]
+    assert sw.bits_per_weight >= 6.0 and sw.reason == "super-weight floor"
+
+
+def test_keep_pattern_and_min_embed_bits(gguf_meas):
+    cons = Constraints(keep=(("lm_head", "Q8_0"),), min_embed_bits=6.5)
+    plan = make_plan(gguf_meas, "0.3", GGUF, cons).by_name()
+    assert plan["lm_head.weight"].format == "Q8_0" and plan["lm_head.weight"].reason == "kept by pattern"
+    emb = plan["model.embed_tokens.weight"]
+    assert emb.bits_per_weight >= 6.5 and emb.reason in ("min embedding bits", "knapsack")
+    by_gguf = make_plan(gguf_meas, "0.3", GGUF, Constraints(keep=((r"^blk\.0\.", "F16"),)))
+    kept = [x for x in by_gguf.tensors if x.layer == 0 and x.kind != "norm"]
+    assert kept and all(x.format == "F16" and x.reason == "kept by pattern" for x in kept)
+
+
+def test_impossible_budgets_are_one_line(gguf_meas):
+    for budget in ("1MB", "1.5bpw"):
+        with pytest.raises(BudgetError) as e:
+            make_plan(gguf_meas, budget, GGUF)
+        msg = str(e.value)
+        assert "achievable range is" in msg and "MB" in msg and "\n" not in msg
+    with pytest.raises(BudgetError, match="above the original"):
+        make_plan(gguf_meas, f"{2 * gguf_meas['model']['original_bytes']}", GGUF)
+
+
+def test_row_length_fallback_is_priced():
+    meas = make_measurements(Shape(num_layers=2, hidden=576, intermediate=1536, n_heads=9,
+                                   n_kv_heads=3, vocab=4096), ["Q4_K", "Q8_0"])
+    plan = make_plan(meas, "0.6", ["Q4_K"], Constraints(super_weight_min_bits=None)).by_name()
+    q = plan["model.layers.0.self_attn.q_proj.weight"]           # row 576: Q4_K -> Q5_0
+    down = plan["model.layers.0.mlp.down_proj.weight"]            # row 1536: Q4_K is fine
+    assert (q.format, q.bytes) == ("Q5_0", 576 * 18 * 22)
+    assert (down.format, down.bytes) == ("Q4_K", 576 * 6 * 144)
+
+
+def test_missing_errors_are_estimated(gguf_meas):
+    meas = copy.deepcopy(gguf_meas)
+    for t in meas["tensors"]:
+        if t["layer"] == 2:
+            t["errors"] = {}
+    plan = make_plan(meas, "0.3", GGUF)
+    assert all(x.estimated for x in plan.tensors if x.layer == 2 and x.kind != "norm")
+    assert not any(x.estimated for x in plan.tensors if x.layer == 3)
+
+
+def test_importance_weights_the_objective(gguf_meas):
+    meas = copy.deepcopy(gguf_meas)
+    for t in meas["tensors"]:
+        t["importance"] = 1000.0 if t["layer"] == 4 else 1.0
+    plan = make_plan(meas, "0.3", GGUF)
+    bits = {x.layer: [] for x in plan.tensors if x.layer is not None}
+    for x in plan.tensors:
+        if x.layer is not None and x.kind != "norm":
+            bits[x.layer].append(x.bits_per_weight)
+    assert min(bits[4]) >= max(min(v) for k, v in bits.items() if k != 4)
+
+
+def test_int_plan_keeps_embeddings_in_source_dtype():
+    meas = make_measurements(SHAPE, INT)
+    plan = make_plan(meas, "0.4", INT)
+    assert plan.family == "int" and plan.totals.bytes <= plan.totals.budget_bytes
+    by = plan.by_name()
+    assert by["lm_head.weight"].format == "BF16" and by["lm_head.weight"].reason == "kept by backend"
+    assert by["model.norm.weight"].bytes == 2 * SHAPE.hidden
+    assert any(x.format.startswith("int") for x in plan.tensors)
+
+
+def test_bad_inputs(gguf_meas):
+    with pytest.raises(ConfigError, match="mix"):
+        make_plan(gguf_meas, "0.3", ["Q4_K", "int4_g128"])
+    with pytest.raises(ConfigError, match="schema_version"):
+        make_plan({"schema_version": 7}, "0.3", GGUF)
+    with pytest.raises(ConfigError, match="unknown format"):
+        make_plan(gguf_meas, "0.3", ["Q4_Z"])
+
+
+def test_plan_json_round_trip(gguf_meas, tmp_path):
+    cons = Constraints(keep=(("lm_head", "Q8_0"),), min_embed_bits=5.0)
+    plan = make_plan(gguf_meas, "4.5bpw", GGUF, cons)
+    path = plan.save(tmp_path / "plan.json")
+    assert Plan.load(path) == plan
+    assert Constraints.from_dict(cons.to_dict()) == cons
+
+
+def test_imatrix_only_types(gguf_meas):
+    needs = {"IQ1_S", "IQ2_XXS", "IQ2_XS", "IQ2_S"}
+    plan = make_plan(gguf_meas, "0.18", GGUF)
+    assert not any(x.format in needs for x in plan.tensors if x.kind in ("embed", "lm_head"))
+    assert any(x.format in needs for x in plan.tensors)
+    plan = make_plan(gguf_meas, "0.22", GGUF, Constraints(imatrix=False))
+    assert not any(x.format in needs for x in plan.tensors)
+
+
+def test_error_keys_are_case_insensitive(gguf_meas):
+    meas = copy.deepcopy(gguf_meas)
+    for t in meas["tensors"]:
+        t["errors"] = {k.lower(): v for k, v in t["errors"].items()}
+    assert not any(x.estimated for x in make_plan(meas, "0.3", GGUF).tensors)
