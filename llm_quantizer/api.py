@@ -108,12 +108,49 @@ def measure(model, output_dir: str | Path, calibration=None, backend: str = "ggu
     return res
 
 
-def plan(*args, **kwargs):
-    _pending("plan")
+def plan(output_dir: str | Path, budget, options=None, measurements: dict | None = None):
+    """Per-tensor formats for ``budget`` from ``output_dir/measurements.json``; writes
+    quantization_plan/ (plan JSON, heatmap, compiled forms for each backend)."""
+    from .config import PlanOptions
+    from .errors import ConfigError
+    from .io import read_json
+    from .plan import Constraints, make_plan, write_plan
+
+    opts = options or PlanOptions()
+    if measurements is None:
+        path = Path(output_dir) / layout.MEASUREMENTS
+        if not path.exists():
+            raise ConfigError(f"{path} not found: run `llm-quantizer measure` first")
+        measurements = read_json(path)
+    allowed = opts.formats or measurements["formats"]
+    gguf_family = any(f.upper() == f and not f.startswith("int") for f in allowed if f not in ("BF16", "F16", "F32"))
+    overhead = measurements["model"].get("gguf_overhead_bytes") if gguf_family else None
+    cons = Constraints.from_dict({"keep": list(opts.keep), "min_embed_bits": opts.min_embed_bits,
+                                  "super_weight_min_bits": opts.super_weight_min_bits, "overhead_bytes": overhead})
+    result = make_plan(measurements, budget, allowed_formats=allowed, constraints=cons)
+    write_plan(result, output_dir)
+    return result
 
 
-def quantize(*args, **kwargs):
-    _pending("quantize")
+def quantize(model, output_dir: str | Path, backend: str = "gguf", plan=None, calibration=None, config=None):
+    """Write the quantized model with ``backend``. ``plan``: a Plan, or None to use
+    ``output_dir/quantization_plan/quantization_plan.json`` when present (a uniform setting
+    from ``config`` otherwise). GGUF gets the imatrix from the measure stage."""
+    from .backends import get_backend
+    from .plan import Plan
+
+    src, out = _source(model), Path(output_dir)
+    be = get_backend(backend)
+    plan_path = out / layout.PLAN / "quantization_plan.json"
+    uniform = config is not None and be.format_family == "gguf" and config.gguf.llamacpp_type
+    if plan is None and not uniform and plan_path.exists():
+        plan = Plan.load(plan_path)
+    if be.format_family == "gguf":
+        imat = out / layout.IMPORTANCE / "imatrix.gguf"
+        calibration = calibration if calibration is not None else (imat if imat.exists() else None)
+    elif calibration is None:
+        calibration = load_calibration(out)
+    return be.quantize(src, None if uniform else plan, calibration, out, config or RunConfig())
 
 
 def validate(*args, **kwargs):
@@ -140,5 +177,13 @@ def run(config: RunConfig) -> dict:
                                      seq_len=c.seq_len, seed=c.seed, device=config.device)
     results["measure"] = measure(src, out, results["calibrate"], backend=config.backend, metric=config.metric,
                                  device=config.device)
-    plan(src, config)
+    if config.budget:
+        results["plan"] = plan(out, config.budget, options=config.plan)
+    elif not (config.backend == "gguf" and config.gguf.llamacpp_type):
+        raise ConfigError("no budget given (--budget 4.5bpw, 0.3, 800MiB, 3.2GB) and no uniform type "
+                          "(--llamacpp-type)")
+    results["quantize"] = quantize(src, out, backend=config.backend, plan=results.get("plan"),
+                                   calibration=results["calibrate"] if config.backend != "gguf" else None,
+                                   config=config)
+    validate(src, config)
     return results

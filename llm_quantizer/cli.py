@@ -25,6 +25,11 @@ CONFIG_FLAGS: list[tuple[tuple[str, ...], str, object, str]] = [
     (("--seed",), "calibration.seed", int, "calibration sampling seed"),
     (("--skip-architecture",), "skip_architecture", _BOOL, "skip the architecture analysis"),
     (("--skip-importance",), "skip_importance", _BOOL, "skip the importance analysis"),
+    (("--formats",), "plan.formats", "list", "candidate formats for the planner (default: the measured ones)"),
+    (("--keep",), "plan.keep", "list", "pin tensors: REGEX=FORMAT (e.g. 'lm_head=Q8_0')"),
+    (("--min-embed-bits",), "plan.min_embed_bits", float, "minimum bits per weight for embeddings / lm_head"),
+    (("--super-weight-min-bits",), "plan.super_weight_min_bits", float,
+     "minimum bits per weight of a tensor holding a super weight"),
     (("--llamacpp-type",), "gguf.llamacpp_type", str, "one llama.cpp type for the whole model, e.g. q4_k_m"),
     (("--gptq-bits",), "gptq.bits", int, "GPTQ bits when no plan is used"),
     (("--gptq-group-size",), "gptq.group_size", int, "GPTQ group size (-1: per channel)"),
@@ -127,6 +132,23 @@ def _cmd_measure(ns, cfg: RunConfig) -> int:
     return 0
 
 
+def _cmd_plan(ns, cfg: RunConfig) -> int:
+    if not cfg.budget:
+        raise ConfigError("no budget given (--budget 4.5bpw, 0.3, 800MiB, 3.2GB)")
+    p = api.plan(cfg.output_dir, cfg.budget, options=cfg.plan)
+    t = p.totals
+    print(f"plan: {t.bytes / 2**20:.2f} MiB of {t.budget_bytes / 2**20:.2f} MiB budget, {t.bpw:.3f} bpw, "
+          f"predicted error {t.predicted_error:.4g} ({'optimal' if t.optimal else f'gap {t.gap:.2%}'})")
+    print(f"wrote {cfg.output_dir}/quantization_plan/")
+    return 0
+
+
+def _cmd_quantize(ns, cfg: RunConfig) -> int:
+    art = api.quantize(_need_model(cfg), cfg.output_dir, backend=cfg.backend, config=cfg)
+    print(f"{art.backend}: wrote {art.path} ({art.nbytes / 2**20:.2f} MiB)")
+    return 0
+
+
 def _stage(name: str) -> Callable:
     def cmd(ns, cfg: RunConfig) -> int:
         getattr(api, name)(cfg)
@@ -139,8 +161,8 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "analyze": (_cmd_analyze, "architecture report from headers only"),
     "calibrate": (_cmd_calibrate, "make calibration data from files or the model itself"),
     "measure": (_cmd_measure, "stream calibration data layer by layer and measure"),
-    "plan": (_stage("plan"), "choose per-tensor formats for a budget"),
-    "quantize": (_stage("quantize"), "write the quantized model with a backend"),
+    "plan": (_cmd_plan, "choose per-tensor formats for a budget"),
+    "quantize": (_cmd_quantize, "write the quantized model with a backend"),
     "validate": (_stage("validate"), "perplexity, KL divergence, generations, repetition"),
     "report": (_stage("report"), "one HTML page of the run"),
     "run": (_cmd_run, "the whole pipeline"),

@@ -42,6 +42,13 @@ class AWQOptions(_Strict):
     zero_point: bool = True
 
 
+class PlanOptions(_Strict):
+    formats: Optional[list[str]] = None          # candidate formats; None: the measured ones
+    keep: list[str] = Field(default_factory=list)  # "REGEX=FORMAT" pins
+    min_embed_bits: Optional[float] = None
+    super_weight_min_bits: Optional[float] = 6.0
+
+
 class RunConfig(_Strict):
     version: int = CONFIG_VERSION
     model: Optional[str] = None
@@ -53,6 +60,7 @@ class RunConfig(_Strict):
     skip_architecture: bool = False
     skip_importance: bool = False
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    plan: PlanOptions = Field(default_factory=PlanOptions)
     gguf: GGUFOptions = Field(default_factory=GGUFOptions)
     gptq: GPTQOptions = Field(default_factory=GPTQOptions)
     awq: AWQOptions = Field(default_factory=AWQOptions)

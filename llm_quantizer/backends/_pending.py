@@ -10,15 +10,3 @@ class _Pending(Backend):
 
     def quantize(self, source, plan, calibration, out_dir, config):
         raise NotBuiltYetError(f"the {self.name} backend is not built yet in this version")
-
-
-@register_backend
-class GPTQBackend(_Pending):
-    name = "gptq"
-    description = "GPTQ (our solver) -> compressed-tensors pack-quantized, per-layer bits (not built yet)"
-
-
-@register_backend
-class AWQBackend(_Pending):
-    name = "awq"
-    description = "AWQ scale search -> compressed-tensors / AWQ GEMM checkpoint (not built yet)"

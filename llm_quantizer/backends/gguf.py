@@ -11,7 +11,7 @@
    tools (every argument shell-quoted).
 
 ``plan``: ``None`` (``config.gguf.llamacpp_type``, default Q4_K_M, llama.cpp's own mix), a
-``{gguf tensor name: ggml type}`` dict, a list of ``(regex, type)`` rules, a compiled
+``{tensor name (GGUF or HF): ggml type}`` dict, a list of ``(regex, type)`` rules, a compiled
 ``plan.LlamaQuantizeSpec`` or a ``plan.Plan`` of the gguf family.
 ``calibration``: ``None``, an imatrix path, ``{gguf weight name: mean x**2 per input channel}``,
 a :class:`GGUFCalibration`, or any object / dict with ``imatrix_path`` / ``imatrix``.
@@ -32,7 +32,7 @@ import numpy as np
 from .. import __version__, layout
 from ..errors import ConfigError
 from ..ggml import llama_quantize, llama_quantize_command, resolve_ftype, write_imatrix
-from ..gguf_writer import check_out_type, gguf_is_complete, write_gguf
+from ..gguf_writer import check_out_type, gguf_is_complete, shard_files, write_gguf
 from ..io import ensure_dir, write_text
 from .registry import Artifact, Backend, register_backend
 
@@ -76,8 +76,9 @@ class QuantizeSpec:
         return self.ftype.lower() + ("-mixed" if self.tensor_types else "")
 
 
-def resolve_spec(plan, config=None) -> QuantizeSpec:
-    """The default type and tensor overrides for ``plan`` (see the module docstring)."""
+def resolve_spec(plan, config=None, source=None) -> QuantizeSpec:
+    """The default type and tensor overrides for ``plan`` (see the module docstring); dict keys
+    may be GGUF names or, given ``source``, HF names."""
     default = getattr(getattr(config, "gguf", None), "llamacpp_type", None) or DEFAULT_FTYPE
     if plan is None:
         return QuantizeSpec(resolve_ftype(default)[0], ())
@@ -88,7 +89,8 @@ def resolve_spec(plan, config=None) -> QuantizeSpec:
     if hasattr(plan, "ftype") and hasattr(plan, "tensor_types"):  # a compiled LlamaQuantizeSpec
         return QuantizeSpec(resolve_ftype(plan.ftype)[0], tuple((p, str(t).upper()) for p, t in plan.tensor_types))
     if isinstance(plan, Mapping):
-        rules = [(f"^{re.escape(n.lower())}$", str(t).upper()) for n, t in plan.items()]
+        names = {n: (source.gguf_name(n) if source is not None and n in source.tensors else n) for n in plan}
+        rules = [(f"^{re.escape(names[n].lower())}$", str(t).upper()) for n, t in plan.items()]
     elif isinstance(plan, (list, tuple)):
         rules = [(str(p), str(t).upper()) for p, t in plan]
     else:
@@ -122,7 +124,7 @@ class GGUFBackend(Backend):
         from ..model import ModelSource, open_source
 
         source = source if isinstance(source, ModelSource) else open_source(source)
-        out_dir, spec = Path(out_dir), resolve_spec(plan, config)
+        out_dir, spec = Path(out_dir), resolve_spec(plan, config, source)
         cal = GGUFCalibration.coerce(calibration)
         requant = quantized_types(source)
         if requant:
@@ -144,7 +146,7 @@ class GGUFBackend(Backend):
         path = out_dir / layout.QUANTIZED / "intermediate" / f"{model_name(source)}-{out_type.lower()}.gguf"
         if gguf_is_complete(path, source, out_type):
             log.info("reusing %s", path)
-            return path
+            return shard_files(path)[0]
         return write_gguf(source, path, out_type)[0]
 
     @staticmethod

@@ -23,8 +23,8 @@ def write_metadata(w: gguf.GGUFWriter, source, file_type: int) -> None:
     else:
         w.add_type("model")
         write_hparams(w, source.config, source.layer_map.gguf_arch, source.num_layers)
-        write_vocab(w, source.path, int(source.config.vocab_size))
-        w.add_name(safe_name(source.name, w.kv_data[0][gguf.Keys.Tokenizer.LIST].value))
+        tokens = write_vocab(w, source.path, int(source.config.vocab_size))
+        w.add_name(safe_name(source.name, tokens))
     w.add_file_type(int(file_type))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 

@@ -51,7 +51,9 @@ def tensor_jobs(source, out_type: str = "F16") -> list[TensorJob]:
     """Every tensor of the GGUF file for ``source``, in llama.cpp's usual order."""
     out_q = OUT_TYPES[out_type]
     jobs = _extra_jobs(source)
-    skip_lm_head = bool(getattr(source.config, "tie_word_embeddings", False))
+    # HF: a tied lm_head is the embedding (transformers ignores a stored copy); GGUF: keep what is there
+    is_gguf = getattr(source, "reader", None) is not None
+    skip_lm_head = not is_gguf and bool(getattr(source.config, "tie_word_embeddings", False))
     lm_head = f"{source.layer_map.lm_head_path}.weight"
     for hf, info in source.tensors.items():
         if skip_lm_head and hf == lm_head:

@@ -40,8 +40,8 @@ PRE_TOKENIZERS = {
 }
 
 
-def write_vocab(w: gguf.GGUFWriter, model_dir: Path, n_vocab: int) -> None:
-    """All ``tokenizer.*`` keys for the tokenizer saved in ``model_dir``."""
+def write_vocab(w: gguf.GGUFWriter, model_dir: Path, n_vocab: int) -> list[bytes]:
+    """All ``tokenizer.*`` keys for the tokenizer saved in ``model_dir``; returns the token list."""
     model_dir = Path(model_dir)
     tj = _read_json(model_dir / "tokenizer.json")
     if (model_dir / "tokenizer.model").is_file():
@@ -51,7 +51,7 @@ def write_vocab(w: gguf.GGUFWriter, model_dir: Path, n_vocab: int) -> None:
     elif tj and tj["model"].get("type") == "BPE":
         model, pre, (tokens, scores, types), space = "gpt2", _pre_name(tj), _bpe_vocab(tj, llama=False), None
     else:
-        raise ModelSourceError(f"{model_dir}: no tokenizer.model or BPE tokenizer.json to write GGUF tokenizer metadata")
+        raise ModelSourceError(f"{model_dir}: no tokenizer.model or BPE tokenizer.json for the GGUF tokenizer")
     _apply_added(tokens, scores, types, (tj or {}).get("added_tokens", []))
     _pad(tokens, scores, types, n_vocab)
     w.add_tokenizer_model(model)
@@ -63,6 +63,7 @@ def write_vocab(w: gguf.GGUFWriter, model_dir: Path, n_vocab: int) -> None:
     if space is not None:
         w.add_add_space_prefix(space)
     gguf.SpecialVocab(model_dir, load_merges=model == "gpt2", n_vocab=len(tokens)).add_to_gguf(w, quiet=True)
+    return tokens
 
 
 def _read_json(path: Path) -> dict | None:

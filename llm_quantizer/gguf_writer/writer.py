@@ -61,7 +61,10 @@ def write_gguf(source, path: str | os.PathLike, out_type: str = "F16", *, split_
         for job in jobs:
             w.add_tensor_info(job.name, job.shape, np.dtype(np.float32), job.nbytes, raw_dtype=job.qtype)
         names = w.format_shard_names(tmp / path.name)
-        _stream(w, jobs, progress)
+        try:
+            _stream(w, jobs, progress)
+        finally:
+            w.close()
         return _publish(names, path.parent)
 
 
@@ -79,7 +82,6 @@ def _stream(w: gguf.GGUFWriter, jobs: list[TensorJob], progress: bool | None) ->
     for f in w.fout or []:
         f.flush()
         os.fsync(f.fileno())
-    w.close()
 
 
 @contextlib.contextmanager

@@ -68,12 +68,17 @@ def build_measurements(source: ModelSource, probes: dict, importance: dict, metr
             "effective": {f: p["effective"] for f, p in probe.items() if p["effective"] != f},
         })
     total_params = sum(t["numel"] for t in tensors)
+    stored = sum(t["source_bytes"] for t in tensors)
+    # A quantized source (GGUF) is dequantized before we quantize: its "original" is 16-bit.
+    original = stored if source.kind == "hf" else 2 * total_params
+    model_extra = {}
+    if source.kind == "gguf":   # our writer copies the source's metadata: same header size
+        model_extra["gguf_overhead_bytes"] = int(source.reader.data_offset) + 16 * len(tensors)
     return {
         "schema_version": SCHEMA_VERSION,
         "model": {"name": source.name, "ref": source.ref, "architecture": source.model_type,
                   "num_layers": source.num_layers, "total_params": total_params,
-                  "original_bytes": sum(t["source_bytes"] for t in tensors),
-                  "bf16_bytes": 2 * total_params, "tied_embeddings": source.tied_embeddings},
+                  "original_bytes": original, "stored_bytes": stored, "dtype": "bfloat16", "tied_embeddings": source.tied_embeddings},
         "calibration": {"tokens": tokens},
         "metric": metric, "formats": probes["formats"],
         "error_definition": "tr(dW H dW^T) / tokens, H = sum x x^T of the linear's calibration inputs",

@@ -70,7 +70,7 @@ def test_no_plan_uses_config_type_and_reuses_intermediate(llama256, tmp_path):
     assert {t for n, t in _types(art.path).items() if not n.endswith("norm.weight")} == {"Q8_0"}
     inter = Path(art.info["intermediate"])
     stamp = inter.stat().st_mtime_ns
-    b.quantize(llama256, {"blk.0.attn_q.weight": "Q4_0"}, None, tmp_path, cfg)
+    b.quantize(llama256, {"model.layers.0.self_attn.q_proj.weight": "Q4_0"}, None, tmp_path, cfg)  # HF name
     assert inter.stat().st_mtime_ns == stamp
     assert _types(tmp_path / "quantized_model" / "tiny-llama-q8_0-mixed.gguf")["blk.0.attn_q.weight"] == "Q4_0"
 

@@ -101,7 +101,8 @@ def test_gguf_source_round_trip(models, tmp_path, arch):
     second = write_gguf(first, tmp_path / "b.gguf", "F32", progress=False)[0]
     ra, rb = GGUFReader(first), GGUFReader(second)
     assert list(rb.fields) == list(ra.fields)
-    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", f"{ra.fields['general.architecture'].contents()}.block_count"):
+    arch_key = f"{ra.fields['general.architecture'].contents()}.block_count"
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", arch_key):
         assert rb.fields[key].contents() == ra.fields[key].contents()
     ta, tb = {t.name: np.array(t.data) for t in ra.tensors}, {t.name: np.array(t.data) for t in rb.tensors}
     assert ta.keys() == tb.keys()
@@ -116,8 +117,11 @@ def test_tokenizers_agree_with_llama_cpp(models, tmp_path):
     from transformers import AutoTokenizer
 
     text = "The world was long, and they had water. 42 people!"
+    def sp_encode(d):
+        return spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model")).encode(text)
+
     for arch, encode in (("llama", lambda d: AutoTokenizer.from_pretrained(d)(text)["input_ids"]),
-                         ("gemma3", lambda d: spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model")).encode(text))):
+                         ("gemma3", sp_encode)):
         d, _ = models(arch)
         path = write_gguf(d, tmp_path / f"{arch}.gguf", "F16", progress=False)[0]
         llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
@@ -166,7 +170,7 @@ def test_failed_write_leaves_nothing(models, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_smollm2_f16_logits_match_transformers(tmp_path):
+def test_smollm2_f16_logits_match_transformers(tmp_path, monkeypatch):
     """SmolLM2-135M (a Q4_1 GGUF): dequantized -> our F16 GGUF; llama.cpp vs transformers on the
     same dequantized weights, ~128 tokens."""
     import llama_cpp
@@ -176,10 +180,12 @@ def test_smollm2_f16_logits_match_transformers(tmp_path):
         src = open_source("smollm2-135m")
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"example model not installed: {e}")
+    state = {n: src.load(n) for n in src.tensors}          # dequantized once, for both sides
+    monkeypatch.setattr(src, "load", state.__getitem__)
     path = write_gguf(src, tmp_path / "smol-f16.gguf", "F16", progress=False)[0]
     assert GGUFReader(path).fields["tokenizer.ggml.pre"].contents() == "smollm"
     model = AutoModelForCausalLM.from_config(src.config).float().eval()
-    missing, unexpected = model.load_state_dict({n: src.load(n) for n in src.tensors}, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}
     model.tie_weights()
     text = ("The history of France spans many centuries. Paris, its capital, grew along the Seine and "

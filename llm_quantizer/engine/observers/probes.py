@@ -34,7 +34,7 @@ def fake_quant(w: torch.Tensor, fmt: str, imatrix: np.ndarray | None) -> torch.T
 
 
 def probe_tensor(w: torch.Tensor, h: torch.Tensor, formats: list[str], imatrix: np.ndarray | None,
-                 max_numel: int = 1 << 22) -> dict:
+                 max_numel: int = 1 << 20) -> dict:
     """format -> {"error": ..., "effective": type actually written} for one weight.
 
     Every format quantizes rows independently, so for a huge weight (embeddings, lm_head) the

@@ -1,0 +1,152 @@
+"""Perplexity of smollm2-135m: original, RTN / GPTQ / AWQ 4-bit (uniform) and a mixed GPTQ plan at
+the uniform file size, every quantized model reloaded from its compressed-tensors checkpoint.
+
+Group size 64, not 128: SmolLM2's hidden size 576 is not divisible by 128 (576 = 9 x 64).
+The example model ships as a Q4_1 GGUF; "original" is that model dequantized (bf16).
+Calibration: wiki_en_calib.txt, N x 512 tokens. Eval: the first 4096 tokens of wiki_en_eval.txt
+in 8 fixed windows of 512 (no overlap), the same ids for every model.
+
+Run: python bench/gptq_awq_bench.py [--samples 128] [--device auto] [--methods rtn,gptq,awq,mixed]
+Writes bench/results/gptq_awq_bench.json.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llm_quantizer.calibrate import build_calibration, load_documents  # noqa: E402
+from llm_quantizer.engine import resolve_device  # noqa: E402
+from llm_quantizer.engine.skeleton import load_full_model  # noqa: E402
+from llm_quantizer.io import write_json  # noqa: E402
+from llm_quantizer.model import open_source  # noqa: E402
+from llm_quantizer.quant.rtn import QuantArgs  # noqa: E402
+from llm_quantizer.quant_runner import quantize_int, resolve_schemes  # noqa: E402
+
+TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
+MIXED_FORMATS = ["int3_g32", "int3_g64", "int4_g32", "int4_g64", "int8_g64", "BF16"]
+
+
+def eval_windows(tok, path: Path, n_tokens: int = 4096, window: int = 512) -> torch.Tensor:
+    ids = tok(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"][:n_tokens]
+    return torch.tensor(ids[: len(ids) // window * window]).reshape(-1, window)
+
+
+@torch.no_grad()
+def perplexity(model, windows: torch.Tensor, device, batch: int = 4) -> float:
+    nll, n = 0.0, 0
+    for b in windows.split(batch):
+        b = b.to(device)
+        logp = torch.log_softmax(model(b).logits[:, :-1].float(), -1)
+        nll -= logp.gather(-1, b[:, 1:, None]).sum().item()
+        n += b[:, 1:].numel()
+    return math.exp(nll / n)
+
+
+def load_checkpoint(path, device):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+
+
+def fake_model(source, fake_state, device):
+    model = load_full_model(source, "cpu", torch.bfloat16)
+    model.load_state_dict(fake_state, strict=False)
+    return model.to(device).eval()
+
+
+def peak_mem(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def mixed_plan(source, ids, device, group: int):
+    """Knapsack plan over MIXED_FORMATS at the byte size of the uniform int4 plan."""
+    from llm_quantizer.measure import run_measurements
+    from llm_quantizer.plan import make_plan
+
+    meas = run_measurements(source, ids, MIXED_FORMATS, device=str(device), progress=False).measurements
+    uniform = make_plan(meas, "1", [f"int4_g{group}", "BF16"])
+    plan = make_plan(meas, f"{uniform.totals.bytes}B", MIXED_FORMATS)
+    return plan, uniform.totals.bytes
+
+
+def run_method(name, source, ids, windows, device, group, work: Path, row: dict, plan=None):
+    method = "gptq" if name == "mixed" else name
+    schemes = resolve_schemes(source, plan, None if plan is not None else QuantArgs(4, group, True))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    res = quantize_int(source, method, schemes, ids, work / name, plan=plan, device=str(device), batch_size=8,
+                       progress=False, keep_fake=True)
+    row.update(quant_seconds=round(res.seconds, 1), peak_mib=round(peak_mem(device)), tensor_bytes=res.nbytes,
+               file_bytes=sum(p.stat().st_size for p in res.path.glob("*.safetensors")))
+    ckpt = load_checkpoint(res.path, device)
+    row["ppl"] = perplexity(ckpt, windows, device)
+    ref = fake_model(source, res.fake_state, device)
+    with torch.no_grad():
+        a, b = ckpt(windows[:2].to(device)).logits.float(), ref(windows[:2].to(device)).logits.float()
+    row["max_abs_logit_diff_ckpt_vs_fake"] = (a - b).abs().max().item()
+    row["schemes"] = dict(sorted(_count(res.schemes).items()))
+    return row
+
+
+def _count(schemes):
+    from llm_quantizer.quant_runner.schemes import scheme_label
+
+    out = {}
+    for a in schemes.values():
+        out[scheme_label(a)] = out.get(scheme_label(a), 0) + 1
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=128)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--group-size", type=int, default=64)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--methods", default="rtn,gptq,awq,mixed")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "gptq_awq_bench.json"))
+    args = ap.parse_args(argv)
+    device = resolve_device(args.device)
+    source = open_source("smollm2-135m")
+    tok = source.tokenizer()
+    ids = build_calibration(load_documents([TEXT / "wiki_en_calib.txt"]), tok, args.samples, args.seq_len, 0).input_ids
+    windows = eval_windows(tok, TEXT / "wiki_en_eval.txt")
+    rows = [{"method": "original (Q4_1 GGUF dequantized, bf16)",
+             "ppl": perplexity(load_full_model(source, str(device), torch.bfloat16), windows, device)}]
+    print(f"original ppl {rows[0]['ppl']:.3f}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.methods.split(","):
+            row = {"method": f"{name} 4-bit g{args.group_size} sym" if name != "mixed" else "gptq mixed plan"}
+            plan = None
+            if name == "mixed":
+                plan, budget = mixed_plan(source, ids, device, args.group_size)
+                row["budget_bytes"] = budget
+            t0 = time.perf_counter()
+            rows.append(run_method(name, source, ids, windows, device, args.group_size, Path(tmp), row, plan))
+            row["total_seconds"] = round(time.perf_counter() - t0, 1)
+            print(f"{row['method']}: ppl {row['ppl']:.3f}  ({row['quant_seconds']} s)", flush=True)
+    print(f"\n{'method':40} {'ppl':>8} {'quant s':>8} {'peak MiB':>9} {'weights MB':>11} {'ckpt-fake':>10}")
+    for r in rows:
+        print(f"{r['method']:40} {r['ppl']:8.3f} {r.get('quant_seconds', ''):>8} {r.get('peak_mib', ''):>9} "
+              f"{r.get('file_bytes', 0) / 1e6:11.2f} {r.get('max_abs_logit_diff_ckpt_vs_fake', 0):10.2e}")
+    write_json(args.out, {"model": "smollm2-135m", "device": str(device), "calibration": list(ids.shape),
+                          "eval": {"tokens": windows.numel(), "windows": list(windows.shape)},
+                          "group_size": args.group_size, "note": "group 64: hidden 576 is not divisible by 128",
+                          "rows": rows})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

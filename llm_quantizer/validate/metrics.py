@@ -1,0 +1,201 @@
+"""Perplexity and KL divergence to the original, in llama-perplexity's convention.
+
+Windows: the eval text is tokenized once with the original's tokenizer (BOS in front when the
+tokenizer adds one), cut into non-overlapping windows of ``ctx`` tokens, each window's first token
+replaced by BOS when the tokenizer adds one. ``score="half"`` (the default, as llama-perplexity):
+the logits at positions ``ctx//2 .. ctx-2`` score the next tokens (``ctx - 1 - ctx//2`` per
+window); ``score="all"``: every position from 0.
+
+The original's distribution is stored once (``--kl-divergence-base``-like, safetensors): per
+scored token the top-``k`` log-probs and their ids, the log of the remaining mass and the log-prob
+of the true token. KL(P_orig || Q) = sum over the top k of p (log p - log q) + p_rest (log p_rest -
+log q_rest), the tail lumped into one outcome: a lower bound on the full-vocabulary KLD (equal
+when ``k >= vocab``). Same-top, PPL(base) and delta-p are exact.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..io import atomic_path
+
+
+@dataclass
+class EvalWindows:
+    ids: torch.Tensor            # [W, ctx] int64, BOS already in place
+    first: int                   # logits[first:-1] score ids[first+1:]
+    text_sha256: str = ""
+
+    @property
+    def ctx(self) -> int:
+        return int(self.ids.shape[1])
+
+    @property
+    def scored_per_window(self) -> int:
+        return self.ctx - 1 - self.first
+
+    def describe(self) -> dict:
+        return {"ctx": self.ctx, "windows": int(self.ids.shape[0]), "first_scored": self.first + 1,
+                "scored_tokens": int(self.ids.shape[0]) * self.scored_per_window, "text_sha256": self.text_sha256}
+
+
+def eval_windows(tokenizer, text: str, ctx: int = 512, max_tokens: Optional[int] = None,
+                 score: str = "half") -> EvalWindows:
+    from ..calibrate.tokenize import adds_bos
+
+    if score not in ("half", "all"):
+        raise ConfigError(f"score must be 'half' or 'all', not {score!r}")
+    if ctx < 4:
+        raise ConfigError(f"eval context {ctx} is too short")
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos = tokenizer.bos_token_id if adds_bos(tokenizer) else None
+    ids = ([bos] if bos is not None else []) + ids
+    n = len(ids) // ctx if max_tokens is None else min(len(ids), max_tokens) // ctx
+    if n < 1:
+        raise ConfigError(f"eval text has {len(ids)} tokens, fewer than one window of {ctx} (and max_tokens={max_tokens})")
+    w = torch.tensor(ids[:n * ctx], dtype=torch.long).view(n, ctx)
+    if bos is not None:
+        w[:, 0] = bos
+    return EvalWindows(w, ctx // 2 if score == "half" else 0, hashlib.sha256(text.encode()).hexdigest())
+
+
+# -- the original's distribution, stored once ---------------------------------------------------
+@dataclass
+class BaseLogprobs:
+    windows: torch.Tensor        # [W, ctx] int64
+    first: int
+    topk_idx: torch.Tensor       # [S, k] int32, sorted by log-prob, descending
+    topk_logp: torch.Tensor      # [S, k] float32
+    rest_logp: torch.Tensor      # [S] float32 (-inf when k covers the vocabulary)
+    target_logp: torch.Tensor    # [S] float32
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return int(self.topk_idx.shape[1])
+
+    def rows(self, w: int) -> slice:
+        n = self.windows.shape[1] - 1 - self.first
+        return slice(w * n, (w + 1) * n)
+
+    def matches(self, ew: EvalWindows) -> bool:
+        return self.first == ew.first and torch.equal(self.windows, ew.ids)
+
+    def save(self, path) -> Path:
+        from safetensors.torch import save_file
+
+        t = {"windows": self.windows, "topk_idx": self.topk_idx, "topk_logp": self.topk_logp,
+             "rest_logp": self.rest_logp, "target_logp": self.target_logp}
+        meta = {"format": "llm-quantizer-kld-base/1", "first": str(self.first), "k": str(self.k),
+                "meta": json.dumps(self.meta)}
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in t.items()}, str(tmp), metadata=meta)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path) -> "BaseLogprobs":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "llm-quantizer-kld-base/1":
+                raise ConfigError(f"{path}: not a KL-divergence base file")
+            t = {k: f.get_tensor(k) for k in f.keys()}
+        return cls(t["windows"], int(meta["first"]), t["topk_idx"], t["topk_logp"], t["rest_logp"],
+                   t["target_logp"], json.loads(meta.get("meta", "{}")))
+
+
+def _scored_logp(logits: torch.Tensor, first: int) -> torch.Tensor:
+    return torch.log_softmax(logits[first:-1].float(), -1)
+
+
+def compute_base(rt, ew: EvalWindows, k: int = 32, on_window: Optional[Callable] = None) -> BaseLogprobs:
+    """Run the original over every window and keep its top-k distribution."""
+    parts: dict[str, list] = {"idx": [], "lp": [], "rest": [], "tgt": []}
+    for w, ids in enumerate(ew.ids):
+        logits = rt.logits(ids.tolist())
+        if on_window:
+            on_window(w, ids, logits)
+        logp = _scored_logp(logits, ew.first)
+        kk = min(k, logp.shape[1])
+        lp, idx = torch.topk(logp, kk, dim=-1)
+        rest = logp.scatter(1, idx, float("-inf")).logsumexp(-1) if kk < logp.shape[1] else torch.full((len(logp),), float("-inf"))
+        parts["idx"].append(idx.int())
+        parts["lp"].append(lp)
+        parts["rest"].append(rest)
+        parts["tgt"].append(logp.gather(1, ids[ew.first + 1:, None])[:, 0])
+    return BaseLogprobs(ew.ids.clone(), ew.first, torch.cat(parts["idx"]), torch.cat(parts["lp"]),
+                        torch.cat(parts["rest"]), torch.cat(parts["tgt"]), {"model": getattr(rt, "name", "?")})
+
+
+# -- one quantized model against the base --------------------------------------------------------
+def window_divergence(base: BaseLogprobs, w: int, logits: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per scored token of window ``w``: kld, nll, nll_base, same_top, p_diff."""
+    sl = base.rows(w)
+    logq = _scored_logp(logits, base.first)
+    idx = base.topk_idx[sl].long()
+    if int(idx.max()) >= logq.shape[1]:
+        raise ConfigError(f"vocabulary mismatch: the original has token ids up to {int(idx.max())}, "
+                          f"the quantized model only {logq.shape[1]} logits")
+    lp, rest = base.topk_logp[sl].double(), base.rest_logp[sl].double()
+    lq = logq.gather(1, idx).double()
+    kld = (lp.exp() * (lp - lq)).sum(1)
+    if torch.isfinite(rest).any():
+        q_rest = logq.scatter(1, idx, float("-inf")).logsumexp(-1).double()
+        tail = torch.where(torch.isfinite(rest), rest.exp() * (rest - q_rest), torch.zeros_like(rest))
+        kld = kld + tail
+    target = base.windows[w, base.first + 1:]
+    nll = -logq.gather(1, target[:, None])[:, 0].double()
+    nll_base = -base.target_logp[sl].double()
+    return {"kld": kld.numpy(), "nll": nll.numpy(), "nll_base": nll_base.numpy(),
+            "same_top": (logq.argmax(1) == idx[:, 0]).numpy(),
+            "p_diff": (torch.exp(-nll) - torch.exp(-nll_base)).numpy()}
+
+
+def evaluate(rt, base: BaseLogprobs, on_window: Optional[Callable] = None) -> dict[str, np.ndarray]:
+    """Every window of ``base`` through ``rt``; the per-token arrays concatenated."""
+    acc: dict[str, list] = {}
+    for w, ids in enumerate(base.windows):
+        logits = rt.logits(ids.tolist())
+        if on_window:
+            on_window(w, ids, logits)
+        for key, v in window_divergence(base, w, logits).items():
+            acc.setdefault(key, []).append(v)
+    return {k: np.concatenate(v) for k, v in acc.items()}
+
+
+def _mean_unc(x: np.ndarray) -> tuple[float, float]:
+    """llama-perplexity's mean and its standard error."""
+    n, m = len(x), float(np.mean(x))
+    var = float(np.mean(np.square(x))) - m * m
+    return m, (float(np.sqrt(var / (n - 1))) if var > 0 and n > 10 else 0.0)
+
+
+def summarize(t: dict[str, np.ndarray]) -> dict:
+    """The statistics llama-perplexity prints for ``--kl-divergence``."""
+    kld, nll, nll_b = t["kld"], t["nll"], t["nll_base"]
+    m_kld, u_kld = _mean_unc(kld)
+    m_nll, u_nll = _mean_unc(nll)
+    m_b, u_b = _mean_unc(nll_b)
+    top = float(np.mean(t["same_top"]))
+    n = len(kld)
+    pct = {f"p{q:g}": float(np.percentile(kld, q)) for q in (90, 95, 99, 99.9)}
+    return {"tokens": n, "ppl": float(np.exp(m_nll)), "ppl_unc": float(np.exp(m_nll) * u_nll),
+            "ppl_base": float(np.exp(m_b)), "ppl_base_unc": float(np.exp(m_b) * u_b),
+            "ln_ppl_ratio": m_nll - m_b, "kld_mean": m_kld, "kld_mean_unc": u_kld,
+            "kld_median": float(np.median(kld)), **{f"kld_{k}": v for k, v in pct.items()},
+            "kld_max": float(kld.max()), "same_top_pct": 100 * top,
+            "same_top_pct_unc": 100 * float(np.sqrt(top * (1 - top) / max(n - 1, 1))),
+            "delta_p_mean_pct": 100 * float(np.mean(t["p_diff"])),
+            "delta_p_rms_pct": 100 * float(np.sqrt(np.mean(np.square(t["p_diff"]))))}
+
+
+def perplexity(nll: np.ndarray) -> float:
+    return float(np.exp(np.mean(nll)))
