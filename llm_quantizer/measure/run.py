@@ -78,13 +78,25 @@ def build_measurements(source: ModelSource, probes: dict, importance: dict, metr
         "schema_version": SCHEMA_VERSION,
         "model": {"name": source.name, "ref": source.ref, "architecture": source.model_type,
                   "num_layers": source.num_layers, "total_params": total_params,
-                  "original_bytes": original, "stored_bytes": stored, "dtype": "bfloat16", "tied_embeddings": source.tied_embeddings},
+                  "original_bytes": original, "stored_bytes": stored, "dtype": _float_dtype(source),
+                  "tied_embeddings": source.tied_embeddings, **model_extra},
         "calibration": {"tokens": tokens},
         "metric": metric, "formats": probes["formats"],
         "error_definition": "tr(dW H dW^T) / tokens, H = sum x x^T of the linear's calibration inputs",
         "super_weights": importance["super_weights"],
         "tensors": tensors,
     }
+
+
+def _float_dtype(source: ModelSource) -> str:
+    """The 16/32-bit dtype unquantized tensors keep: the source's, bf16 for a quantized source."""
+    names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+    counts: dict[str, int] = {}
+    for t in source.tensors.values():
+        if len(t.shape) == 2:
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel
+    top = max(counts, key=counts.get) if counts else "BF16"
+    return names.get(top, "bfloat16")
 
 
 def write_outputs(res: MeasureResult, out_dir: Path, source: ModelSource, datasets=("calibration",),

@@ -31,7 +31,9 @@ class ValidateOptions(BaseModel):
     ctx: int = Field(512, ge=4, description="eval window (tokens)")
     max_eval_tokens: Optional[int] = Field(8192, ge=4, description="cap on eval tokens (whole windows)")
     score: Literal["half", "all"] = "half"       # llama-perplexity scores the second half
-    topk: int = Field(32, ge=1, description="original's log-probs kept per token for the KLD")
+    topk: int = Field(32, ge=1, description="original's top log-probs always kept per token for the KLD")
+    kld_floor: Optional[float] = Field(-12.0, description="also keep every log-prob >= this (None: top-k only)")
+    kld_max_kept: int = Field(8192, ge=1, description="cap on kept log-probs per token")
     prompts: Optional[list[str]] = None
     max_new_tokens: int = Field(128, ge=1)
     generations: bool = True
@@ -128,9 +130,10 @@ def validate(original, artifact_paths: Sequence, eval_files: Optional[Sequence],
 
     base_path = vdir / "kld_base.safetensors"
     base = metrics.BaseLogprobs.load(base_path) if base_path.is_file() else None
-    if base is None or not base.matches(ew) or base.k != opt.topk:
-        base = metrics.compute_base(original_rt(), ew, opt.topk)
-        base.meta.update(model=src.name, text_sha256=ew.text_sha256)
+    keep = {"k": opt.topk, "floor": opt.kld_floor, "max_kept": opt.kld_max_kept}
+    if base is None or not base.matches(ew, keep):
+        base = metrics.compute_base(original_rt(), ew, opt.topk, opt.kld_floor, opt.kld_max_kept)
+        base.meta.update(source=src.name, text_sha256=ew.text_sha256)
         base.save(base_path)
     orig = {"name": src.name, "ppl": metrics.perplexity(-base.target_logp.double().numpy()),
             "params": _n_params(src)}
@@ -151,7 +154,8 @@ def validate(original, artifact_paths: Sequence, eval_files: Optional[Sequence],
     report = {"version": 1, "original": orig,
               "eval": {**ew.describe(), "files": eval_sources, "score": opt.score,
                        "convention": "llama-perplexity: BOS-replaced windows, scored from ctx//2" if opt.score == "half"
-                       else "every position of each window", "kld": f"top-{opt.topk} + lumped tail (lower bound)"},
+                       else "every position of each window", "kld": f"kept: top {opt.topk} and log-p >= {opt.kld_floor} (mean {base.kept_mean:.0f} "
+                              "per token); the rest lumped (a lower bound)"},
               "options": opt.model_dump(), "artifacts": records, "comparison": comparison(records),
               "seconds": round(time.time() - t0, 1)}
     _write_exports(out, vdir, records, grid, src)

@@ -75,8 +75,11 @@ class CostMeter:
 def measure_grid(rt, ps: PromptSet, candidates: Sequence[SamplerSettings], costs: Sequence[dict],
                  plain_ppl: float, max_new_tokens: int, seed: int = 0) -> list[dict]:
     """Generate with every candidate; one row per candidate (generations kept as ids)."""
+    from tqdm.auto import tqdm
+
     rows = []
-    for c, cost in zip(candidates, costs):
+    for c, cost in tqdm(list(zip(candidates, costs)), desc=f"sampler grid {getattr(rt, 'name', '')}", unit="setting",
+                        leave=False, disable=None):
         gens = generate_all(rt, ps, c, max_new_tokens, seed)
         rows.append({"label": c.label(), "settings": c.to_dict(), "targets": list(c.targets()),
                      "repetition": repetition_summary(gens, ps.stop_ids),

@@ -50,6 +50,11 @@ def test_modelfile_and_generation_config(tmp_path):
     assert gc == {"eos_token_id": 2, "do_sample": True, "temperature": 0.7, "top_k": 0, "top_p": 0.9,
                   "repetition_penalty": 1.2}
     assert hf_generation_config(SamplerSettings()) == {"do_sample": False}
+    from transformers import GenerationConfig
+
+    (tmp_path / "generation_config.json").write_text(json.dumps(gc))
+    loaded = GenerationConfig.from_pretrained(tmp_path)
+    assert loaded.top_k == 0 and loaded.repetition_penalty == 1.2 and loaded.do_sample
 
 
 @pytest.fixture(scope="module")

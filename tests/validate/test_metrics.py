@@ -55,7 +55,7 @@ def test_kld_and_ppl_match_dense_torch(models):
     ew = eval_windows(tok, EVAL_TEXT, ctx=CTX, max_tokens=4 * CTX)
     orig, noisy = _rt(models / "orig"), _rt(models / "noisy")
     vocab = orig.logits([1, 2]).shape[-1]
-    exact = compute_base(orig, ew, k=vocab)
+    exact = compute_base(orig, ew, k=vocab, floor=None)
     t = evaluate(noisy, exact)
     dense, nll_q, nll_p = [], [], []
     for ids in ew.ids:
@@ -71,18 +71,25 @@ def test_kld_and_ppl_match_dense_torch(models):
     assert st["ppl_base"] == pytest.approx(float(torch.cat(nll_p).mean().exp()), rel=1e-5)
     assert st["kld_mean"] > 1e-3 and st["same_top_pct"] < 100
     assert st["kld_median"] == pytest.approx(float(np.median(dense)), rel=1e-4)
-    top8 = evaluate(noisy, compute_base(orig, ew, k=8))         # lumped tail: a lower bound
+    top8 = evaluate(noisy, compute_base(orig, ew, k=8, floor=None))   # lumped tail: a lower bound
     assert (top8["kld"] <= dense + 1e-6).all() and top8["kld"].mean() > 0
     assert np.array_equal(top8["same_top"], t["same_top"]) and np.allclose(top8["nll"], t["nll"])
+    floored = compute_base(orig, ew, k=4, floor=-6.0, max_kept=50)
+    lo = floored.offsets[1:] - floored.offsets[:-1]
+    assert lo.min() >= 4 and lo.max() <= 50 and floored.kept_mean > 4
+    f = evaluate(noisy, floored)["kld"]
+    assert (f <= dense + 1e-6).all() and (f >= top8["kld"] - 1e-9).mean() > 0.9
 
 
 def test_base_file_round_trip(models, tmp_path):
     tok = open_source(models / "orig").tokenizer()
     ew = eval_windows(tok, EVAL_TEXT, ctx=CTX, max_tokens=2 * CTX)
-    base = compute_base(_rt(models / "orig"), ew, k=16)
+    base = compute_base(_rt(models / "orig"), ew, k=16, floor=-7.0)
     back = BaseLogprobs.load(base.save(tmp_path / "b.safetensors"))
-    assert back.matches(ew) and back.k == 16 and torch.equal(back.topk_logp, base.topk_logp)
-    assert torch.equal(back.rest_logp, base.rest_logp) and back.meta == base.meta
+    assert back.matches(ew, {"k": 16, "floor": -7.0}) and not back.matches(ew, {"k": 32})
+    for name in ("offsets", "tok", "logp", "rest_logp", "target_logp"):
+        assert torch.equal(getattr(back, name), getattr(base, name))
+    assert back.meta == base.meta
 
 
 def test_original_against_itself_and_files(models, tmp_path):
