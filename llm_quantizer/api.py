@@ -161,29 +161,12 @@ def report(*args, **kwargs):
     _pending("report")
 
 
-def run(config: RunConfig) -> dict:
-    """The whole pipeline; stages that are not built yet stop it with one line."""
-    from .errors import ConfigError
+def run(config: RunConfig | None = None, force: bool = False, **overrides) -> dict:
+    """The whole pipeline (resumable; see ``llm_quantizer.pipeline``). Give a RunConfig, or
+    keyword overrides such as ``run(model="smollm2-135m", budget="5bpw", backend="gguf")``."""
+    from .pipeline import run_pipeline
 
-    results: dict = {}
-    if not config.model:
-        raise ConfigError("no model given (--model or MODEL)")
-    src = open_source(config.model)
-    out = ensure_dir(config.output_dir)
-    if not config.skip_architecture:
-        results["analyze"] = analyze(src, out)
-    c = config.calibration
-    results["calibrate"] = calibrate(src, out, data=c.data, generate=c.generate, samples=c.samples,
-                                     seq_len=c.seq_len, seed=c.seed, device=config.device)
-    results["measure"] = measure(src, out, results["calibrate"], backend=config.backend, metric=config.metric,
-                                 device=config.device)
-    if config.budget:
-        results["plan"] = plan(out, config.budget, options=config.plan)
-    elif not (config.backend == "gguf" and config.gguf.llamacpp_type):
-        raise ConfigError("no budget given (--budget 4.5bpw, 0.3, 800MiB, 3.2GB) and no uniform type "
-                          "(--llamacpp-type)")
-    results["quantize"] = quantize(src, out, backend=config.backend, plan=results.get("plan"),
-                                   calibration=results["calibrate"] if config.backend != "gguf" else None,
-                                   config=config)
-    validate(src, config)
-    return results
+    cfg = config or RunConfig()
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
+    return run_pipeline(cfg, force=force)

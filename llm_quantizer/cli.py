@@ -67,6 +67,7 @@ def add_config_flags(p: argparse.ArgumentParser, model_positional: bool = True) 
     p.add_argument("--config", default=None, help="read the run config from this JSON file (flags override it)")
     p.add_argument("--export-config", default=None, metavar="FILE", help="write the resolved config as JSON and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks and debug output")
+    p.add_argument("--force", action="store_true", help="redo every stage even if its outputs are complete")
 
 
 def config_from_args(ns: argparse.Namespace) -> RunConfig:
@@ -103,7 +104,11 @@ def _cmd_methods(ns, cfg: RunConfig) -> int:
 
 
 def _cmd_run(ns, cfg: RunConfig) -> int:
-    api.run(cfg)
+    res = api.run(cfg, force=getattr(ns, "force", False))
+    art = res.get("quantize")
+    if art is not None:
+        print(f"{art.backend}: {art.path} ({art.nbytes / 2**20:.2f} MiB)")
+    print(f"outputs in {cfg.output_dir}/ (run.sh reproduces this run)")
     return 0
 
 

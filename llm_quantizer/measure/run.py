@@ -2,6 +2,7 @@
 the importance analysis and llama.cpp's importance matrix."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +72,7 @@ def build_measurements(source: ModelSource, probes: dict, importance: dict, metr
     stored = sum(t["source_bytes"] for t in tensors)
     # A quantized source (GGUF) is dequantized before we quantize: its "original" is 16-bit.
     original = stored if source.kind == "hf" else 2 * total_params
-    model_extra = {}
-    if source.kind == "gguf":   # our writer copies the source's metadata: same header size
-        model_extra["gguf_overhead_bytes"] = int(source.reader.data_offset) + 16 * len(tensors)
+    model_extra = {"gguf_overhead_bytes": gguf_overhead(source, tensors)}
     return {
         "schema_version": SCHEMA_VERSION,
         "model": {"name": source.name, "ref": source.ref, "architecture": source.model_type,
@@ -86,6 +85,29 @@ def build_measurements(source: ModelSource, probes: dict, importance: dict, metr
         "super_weights": importance["super_weights"],
         "tensors": tensors,
     }
+
+
+def gguf_overhead(source: ModelSource, tensors: list[dict]) -> int:
+    """Bytes of a GGUF file that are not tensor data: header, metadata, tensor infos, padding.
+
+    A GGUF source: our writer copies its metadata, so its header size is exact. An HF source:
+    the tokenizer dominates (each token: 8-byte length + text, a 4-byte score and type; each
+    merge: 8 + text), plus per-tensor infos and the 32-byte alignment padding."""
+    pad = 16 * len(tensors)
+    if source.kind == "gguf":
+        return int(source.reader.data_offset) + pad
+    infos = sum(8 + len(t["gguf_name"] or t["name"]) + 4 + 8 * len(t["shape"]) + 4 + 8 for t in tensors)
+    try:
+        tok = source.tokenizer()
+        vocab = tok.get_vocab()
+        size = sum(8 + len(t.encode()) + 8 for t in vocab)
+        model = json.loads(tok.backend_tokenizer.to_str()).get("model", {}) if hasattr(tok, "backend_tokenizer") else {}
+        merges = model.get("merges") or []
+        size += sum(8 + len(" ".join(m) if isinstance(m, list) else m) for m in merges)
+        size += len(getattr(tok, "chat_template", None) or "")
+    except Exception:  # noqa: BLE001 - no tokenizer: a generous fixed guess
+        size = 1 << 20
+    return 4096 + infos + size + pad
 
 
 def _float_dtype(source: ModelSource) -> str:

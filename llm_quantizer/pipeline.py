@@ -1,0 +1,182 @@
+"""The whole run: analyze -> calibrate -> measure -> plan -> quantize -> validate -> report.
+
+Resumable: each finished stage leaves a manifest (``.stages/<stage>.json``) with the hash of
+its inputs (config section, upstream outputs, model files, versions) and of its outputs. A
+rerun skips a stage whose manifest matches and whose outputs are intact; ``force`` redoes all.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable
+
+from . import __version__, api, layout
+from .config import RunConfig
+from .errors import ConfigError
+from .io import ensure_dir, read_json, write_json, write_text
+from .model import ModelSource, open_source
+
+STAGES = ("analyze", "calibrate", "measure", "plan", "quantize", "validate", "report")
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _quick_digest(path: Path) -> str:
+    """Size + mtime (model files are large: their content is not re-hashed)."""
+    st = path.stat()
+    return f"{st.st_size}:{int(st.st_mtime)}"
+
+
+def source_fingerprint(src: ModelSource) -> dict:
+    files = sorted({t.file for t in src.tensors.values()})
+    return {"ref": src.ref, "files": {f: _quick_digest(Path(f)) for f in files}}
+
+
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Stages:
+    """Manifest bookkeeping for one output directory."""
+
+    def __init__(self, out: Path, force: bool = False, log: Callable[[str], None] = print):
+        self.out, self.force, self.log = out, force, log
+        self.dir = out / ".stages"
+
+    def _manifest(self, stage: str) -> Path:
+        return self.dir / f"{stage}.json"
+
+    def done(self, stage: str, key: dict) -> bool:
+        m = self._manifest(stage)
+        if self.force or not m.exists():
+            return False
+        try:
+            data = read_json(m)
+        except (OSError, ValueError):
+            return False
+        if data.get("key") != _key(key):
+            return False
+        return all((self.out / p).exists() and file_digest(self.out / p) == d for p, d in data["outputs"].items())
+
+    def record(self, stage: str, key: dict, outputs: list[Path]) -> None:
+        rel = {str(Path(p).resolve().relative_to(self.out.resolve())): file_digest(Path(p)) for p in outputs}
+        write_json(self._manifest(stage), {"stage": stage, "key": _key(key), "inputs": key, "outputs": rel,
+                                           "version": __version__})
+
+    def output_digest(self, stage: str) -> str:
+        return _key(read_json(self._manifest(stage))["outputs"])
+
+    def run(self, stage: str, key: dict, fn: Callable[[], list[Path]]) -> bool:
+        """Run ``fn`` unless the stage is done; returns True when it ran."""
+        if self.done(stage, key):
+            self.log(f"[{stage}] up to date, skipped")
+            return False
+        self.log(f"[{stage}] running")
+        self.record(stage, key, fn())
+        return True
+
+
+def write_run_script(cfg: RunConfig, out: Path) -> Path:
+    """run.sh: reproduces this run with the same config (embedded, every argument quoted)."""
+    cfg_json = cfg.to_json()
+    lines = ["#!/usr/bin/env bash", "# Reproduces this llm-quantizer run with the same config.", "set -euo pipefail",
+             'cfg="$(mktemp)"', "trap 'rm -f \"$cfg\"' EXIT",
+             "cat > \"$cfg\" <<'LLM_QUANTIZER_CONFIG'", cfg_json.rstrip("\n"), "LLM_QUANTIZER_CONFIG",
+             f"{shlex.quote(sys.executable)} -m llm_quantizer run --config \"$cfg\" \"$@\""]
+    if "LLM_QUANTIZER_CONFIG" in cfg_json:
+        raise ConfigError("config contains the run.sh heredoc marker")
+    return write_text(out / "run.sh", "\n".join(lines) + "\n")
+
+
+def _files(out: Path, *rel: str) -> list[Path]:
+    return [out / r for r in rel if (out / r).exists()]
+
+
+def run_pipeline(cfg: RunConfig, force: bool = False, log: Callable[[str], None] = print) -> dict:
+    if not cfg.model:
+        raise ConfigError("no model given (MODEL or --model)")
+    if not cfg.budget and not (cfg.backend == "gguf" and cfg.gguf.llamacpp_type):
+        raise ConfigError("no budget given (--budget 4.5bpw, 0.3, 800MiB, 3.2GB) and no uniform type (--llamacpp-type)")
+    src = open_source(cfg.model)
+    out = ensure_dir(cfg.output_dir)
+    cfg.save(out / "run_config.json")
+    write_run_script(cfg, out)
+    st = Stages(out, force, log)
+    fp = source_fingerprint(src)
+    results: dict = {}
+    if not cfg.skip_architecture:
+        st.run("analyze", {"model": fp}, lambda: [api.analyze(src, out).json_path, layout.architecture_png(out)])
+    c = cfg.calibration
+    data_digest = {str(p): file_digest(p) for d in c.data for p in _data_files(Path(d))}
+    st.run("calibrate", {"model": fp, "cal": c.model_dump(), "data": data_digest}, lambda: _calibrate(src, out, cfg))
+    measure_key = {"model": fp, "cal": st.output_digest("calibrate"), "backend_family": _family(cfg.backend),
+                   "metric": cfg.metric}
+    st.run("measure", measure_key, lambda: _measure(src, out, cfg))
+    quant_inputs = {"measure": st.output_digest("measure")}
+    if cfg.budget:
+        st.run("plan", {**quant_inputs, "budget": cfg.budget, "plan": cfg.plan.model_dump(),
+                        "backend": cfg.backend}, lambda: _plan(out, cfg))
+        quant_inputs["plan"] = st.output_digest("plan")
+    opts = getattr(cfg, cfg.backend).model_dump()
+    st.run("quantize", {**quant_inputs, "backend": cfg.backend, "options": opts, "budget": cfg.budget},
+           lambda: _quantize(src, out, cfg, results))
+    return _after_quantize(src, out, cfg, st, results)
+
+
+def _after_quantize(src, out, cfg, st, results) -> dict:
+    try:
+        from .validate import validate as _v  # noqa: F401
+    except ImportError:
+        st.log("[validate] not built yet in this version: skipped")
+        return results
+    return results
+
+
+def _family(backend: str) -> str:
+    from .backends import get_backend
+
+    return get_backend(backend).format_family
+
+
+def _data_files(p: Path) -> list[Path]:
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    return [p] if p.exists() else []
+
+
+def _calibrate(src, out, cfg) -> list[Path]:
+    c = cfg.calibration
+    api.calibrate(src, out, data=c.data, generate=c.generate, samples=c.samples, seq_len=c.seq_len,
+                  seed=c.seed, device=cfg.device)
+    d = out / layout.CALIBRATION
+    return [p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")]
+
+
+def _measure(src, out, cfg) -> list[Path]:
+    res = api.measure(src, out, backend=cfg.backend, metric=cfg.metric, device=cfg.device)
+    return [Path(p) for p in res.paths.values()]
+
+
+def _plan(out, cfg) -> list[Path]:
+    api.plan(out, cfg.budget, options=cfg.plan)
+    d = out / layout.PLAN
+    return [p for p in d.iterdir() if p.is_file() and p.name != "quantization_command.sh"
+            and not p.name.startswith(".") and p.name != "prevent_repetition.sh"]
+
+
+def _quantize(src, out, cfg, results) -> list[Path]:
+    art = api.quantize(src, out, backend=cfg.backend, config=cfg)
+    results["quantize"] = art
+    files = [f for f in art.files if Path(f).is_file()]
+    if Path(art.path).is_dir():
+        files += [f for f in Path(art.path).rglob("*") if f.is_file()]
+    return files

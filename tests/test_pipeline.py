@@ -1,0 +1,75 @@
+"""The resumable run on a tiny model: interrupted during measure, rerun resumes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+
+import pytest
+
+from gguf_writer.tiny import build_model, corpus
+from llm_quantizer import api, pipeline
+from llm_quantizer.config import RunConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_run_inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    build_model("llama", root / "model")
+    (root / "calib.txt").write_text("\n\n".join(corpus(300, seed=3)), encoding="utf-8")
+    return root
+
+
+def _cfg(root, out):
+    return RunConfig(model=str(root / "model"), output_dir=str(out), backend="gguf", budget="0.5",
+                     calibration={"data": [str(root / "calib.txt")], "samples": 4, "seq_len": 32})
+
+
+def _sha(p):
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_interrupted_run_resumes(tiny_run_inputs, tmp_path, monkeypatch):
+    root = tiny_run_inputs
+    ref_out, out = tmp_path / "ref", tmp_path / "out"
+    pipeline.run_pipeline(_cfg(root, ref_out), log=lambda m: None)
+
+    real_measure = api.measure
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "measure", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_pipeline(_cfg(root, out), log=lambda m: None)
+    assert not (out / "measurements.json").exists()
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") and p.suffix == ".tmp"]
+
+    monkeypatch.setattr(api, "measure", real_measure)
+    calls, log = [], []
+    for stage in ("analyze", "calibrate"):
+        monkeypatch.setattr(api, stage, lambda *a, stage=stage, **k: calls.append(stage))
+    pipeline.run_pipeline(_cfg(root, out), log=log.append)
+    assert calls == []                       # analyze and calibrate were not redone
+    assert "[analyze] up to date, skipped" in log and "[calibrate] up to date, skipped" in log
+    assert "[measure] running" in log
+
+    (ref_gguf,) = (ref_out / "quantized_model").glob("*.gguf")
+    (gguf,) = (out / "quantized_model").glob("*.gguf")
+    assert _sha(ref_gguf) == _sha(gguf)
+    plans = [json.loads((d / "quantization_plan/quantization_plan.json").read_text()) for d in (ref_out, out)]
+    assert [t["format"] for t in plans[0]["tensors"]] == [t["format"] for t in plans[1]["tensors"]]
+    assert plans[0]["totals"]["bytes"] == plans[1]["totals"]["bytes"]
+
+    log.clear()
+    pipeline.run_pipeline(_cfg(root, out), log=log.append)
+    assert all("skipped" in m or "not built" in m for m in log), log
+
+
+def test_run_script_is_valid_and_quoted(tmp_path):
+    cfg = RunConfig(model="/models/it's $(rm -rf ~) `x` dir", output_dir=str(tmp_path), budget="5bpw")
+    script = pipeline.write_run_script(cfg, tmp_path)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    body = text.split("<<'LLM_QUANTIZER_CONFIG'\n", 1)[1].split("\nLLM_QUANTIZER_CONFIG", 1)[0]
+    assert RunConfig.model_validate_json(body).model == cfg.model
