@@ -110,6 +110,8 @@ def _count(schemes):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m", help="example name or path (e.g. the GGUF file)")
+    ap.add_argument("--text-dir", default=str(TEXT), help="folder with wiki_en_calib.txt / wiki_en_eval.txt")
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--group-size", type=int, default=64)
@@ -118,10 +120,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "gptq_awq_bench.json"))
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
-    source = open_source("smollm2-135m")
+    source, text = open_source(args.model), Path(args.text_dir)
     tok = source.tokenizer()
-    ids = build_calibration(load_documents([TEXT / "wiki_en_calib.txt"]), tok, args.samples, args.seq_len, 0).input_ids
-    windows = eval_windows(tok, TEXT / "wiki_en_eval.txt")
+    ids = build_calibration(load_documents([text / "wiki_en_calib.txt"]), tok, args.samples, args.seq_len, 0).input_ids
+    windows = eval_windows(tok, text / "wiki_en_eval.txt")
     rows = [{"method": "original (Q4_1 GGUF dequantized, bf16)",
              "ppl": perplexity(load_full_model(source, str(device), torch.bfloat16), windows, device)}]
     print(f"original ppl {rows[0]['ppl']:.3f}", flush=True)

@@ -57,6 +57,7 @@ class RunFiles:
     validation: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     artifacts: list[Artifact] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)     # files present but not a JSON object
 
     def path(self, *parts: str) -> Path:
         return self.out.joinpath(*parts)
@@ -78,13 +79,14 @@ class RunFiles:
                 return str(name)
         return str(self.config.get("model") or "model")
 
-    def model_ref(self) -> Optional[str]:
-        """The original model reference (tokenizer source for GGUF in vLLM / transformers)."""
-        for d in (self.architecture, self.measurements, self.plan):
-            ref = as_dict(as_dict(d).get("model")).get("ref")
-            if ref:
-                return str(ref)
-        return self.config.get("model") if isinstance(self.config.get("model"), str) else None
+    def hf_ref(self) -> Optional[str]:
+        """The original model as an HF directory or hub id (a tokenizer source for vLLM); None when
+        the original was a GGUF file or an example name."""
+        m = as_dict(self.architecture.get("model") or self.measurements.get("model"))
+        ref = m.get("ref")
+        if not isinstance(ref, str) or m.get("source") == "gguf" or ref.endswith(".gguf"):
+            return None
+        return ref
 
 
 def find_artifacts(qdir: Path) -> list[Artifact]:
@@ -101,13 +103,22 @@ def find_artifacts(qdir: Path) -> list[Artifact]:
 
 def load_run(out_dir: str | Path) -> RunFiles:
     out = Path(out_dir)
+    unreadable: list[str] = []
+
+    def load(path: Path) -> dict:
+        data = read_json(path)
+        if path.exists() and not isinstance(data, dict):
+            unreadable.append(str(path.relative_to(out)))
+        return as_dict(data)
+
     return RunFiles(
         out=out,
-        architecture=as_dict(read_json(layout.architecture_json(out))),
-        importance=as_dict(read_json(out / layout.IMPORTANCE / "importance_analysis.json")),
-        measurements=as_dict(read_json(out / layout.MEASUREMENTS)),
-        plan=as_dict(read_json(out / layout.PLAN / "quantization_plan.json")),
-        validation=as_dict(read_json(out / layout.VALIDATION / "validation.json")),
-        config=as_dict(read_json(out / "config.json")),
+        architecture=load(layout.architecture_json(out)),
+        importance=load(out / layout.IMPORTANCE / "importance_analysis.json"),
+        measurements=load(out / layout.MEASUREMENTS),
+        plan=load(out / layout.PLAN / "quantization_plan.json"),
+        validation=load(out / layout.VALIDATION / "validation.json"),
+        config=load(out / "run_config.json") or load(out / "config.json"),
         artifacts=find_artifacts(out / layout.QUANTIZED),
+        unreadable=unreadable,
     )

@@ -43,6 +43,10 @@ def _cell(t: Optional[dict], super_names: set) -> str:
     return f'<td style="background:{bg};color:{fg}" title="{esc(tip)}">{esc(fmt_name + star)}</td>'
 
 
+def _num(ts: list[dict], key: str) -> float:
+    return sum(t[key] for t in ts if is_number(t.get(key)))
+
+
 def _layer_scores(run: RunFiles) -> tuple[str, dict[int, Any]]:
     """The selected importance metric per layer (measurements' choice, else LIM)."""
     metric = str(run.measurements.get("metric") or run.importance.get("selected_metric") or "lim")
@@ -63,11 +67,11 @@ def heatmap(run: RunFiles) -> str:
     for layer in sorted(grid):
         cells = "".join(_cell(grid[layer].get(k), super_names) for k in kinds)
         ts = list(grid[layer].values())
-        numel = sum(t.get("numel", 0) or 0 for t in ts)
-        mean = (sum(8 * (t.get("bytes") or 0) for t in ts) / numel) if numel else None
-        extra = f'<td class="n">{esc(fmt(mean))}</td>' + (f'<td class="n">{esc(fmt(scores.get(layer)))}</td>' if scores else "")
-        rows.append(f'<tr><th>{layer}</th>{cells}{extra}</tr>')
-    head = "".join(f"<th>{esc(k)}</th>" for k in ["layer", *kinds, "layer bpw"]) + (f"<th>{esc(metric)}</th>" if scores else "")
+        numel, nbytes = _num(ts, "numel"), _num(ts, "bytes")
+        extra = [8 * nbytes / numel if numel else None] + ([scores.get(layer)] if scores else [])
+        rows.append(f"<tr><th>{layer}</th>{cells}" + "".join(f'<td class="n">{esc(fmt(v))}</td>' for v in extra) + "</tr>")
+    heads = ["layer", *kinds, "layer bpw"] + ([metric] if scores else [])
+    head = "".join(f"<th>{esc(k)}</th>" for k in heads)
     return f'<table class="heat"><tr>{head}</tr>{"".join(rows)}</table>' + legend()
 
 
@@ -93,8 +97,8 @@ def format_summary(run: RunFiles) -> str:
     for t in dicts(run.plan.get("tensors")):
         row = by[str(t.get("format", "?"))]
         row[0] += 1
-        row[1] += t.get("numel", 0) if is_number(t.get("numel")) else 0
-        row[2] += t.get("bytes", 0) if is_number(t.get("bytes")) else 0
+        row[1] += _num([t], "numel")
+        row[2] += _num([t], "bytes")
     total = sum(r[1] for r in by.values()) or 1
     rows = [(f, n, f"{100 * p / total:.1f}%", size(b)) for f, (n, p, b) in sorted(by.items(), key=lambda kv: -kv[1][1])]
     return table(["format", "tensors", "share of weights", "size"], rows) if rows else ""
@@ -112,7 +116,8 @@ def plan_section(run: RunFiles) -> str:
         parts.append("<h3>Formats</h3>" + summary)
     c = as_dict(run.plan.get("constraints"))
     if c:
-        keep = ", ".join(f"{a}={b}" for a, b in (x for x in c.get("keep", []) if isinstance(x, (list, tuple)) and len(x) == 2))
+        pairs = [x for x in c.get("keep") or [] if isinstance(x, (list, tuple)) and len(x) == 2]
+        keep = ", ".join(f"{a}={b}" for a, b in pairs)
         parts.append(note(f"Constraints: super-weight tensors >= {fmt(c.get('super_weight_min_bits'))} bpw, "
                           f"embeddings >= {fmt(c.get('min_embed_bits'))} bpw"
                           + (f", pinned {keep}" if keep else "") + f"; allowed formats: "
