@@ -135,10 +135,11 @@ def plan(output_dir: str | Path, budget, options=None, measurements: dict | None
     return result
 
 
-def quantize(model, output_dir: str | Path, backend: str = "gguf", plan=None, calibration=None, config=None):
-    """Write the quantized model with ``backend``. ``plan``: a Plan, or None to use
-    ``output_dir/quantization_plan/quantization_plan.json`` when present (a uniform setting
-    from ``config`` otherwise). GGUF gets the imatrix from the measure stage."""
+def quantize(model, output_dir: str | Path, backend: str = "gguf", plan="saved", calibration=None, config=None):
+    """Write the quantized model with ``backend``. ``plan``: a Plan; "saved" to use
+    ``output_dir/quantization_plan/quantization_plan.json`` when present; None for the uniform
+    setting of ``config`` (``--llamacpp-type``, default q4_k_m; ``--gptq-bits`` ...). GGUF gets
+    the imatrix from the measure stage."""
     from .backends import get_backend
     from .plan import Plan
 
@@ -146,8 +147,8 @@ def quantize(model, output_dir: str | Path, backend: str = "gguf", plan=None, ca
     be = get_backend(backend)
     plan_path = out / layout.PLAN / "quantization_plan.json"
     uniform = config is not None and be.format_family == "gguf" and config.gguf.llamacpp_type
-    if plan is None and not uniform and plan_path.exists():
-        plan = Plan.load(plan_path)
+    if isinstance(plan, str) and plan == "saved":
+        plan = Plan.load(plan_path) if plan_path.exists() and not uniform else None
     if be.format_family == "gguf":
         imat = out / layout.IMPORTANCE / "imatrix.gguf"
         calibration = calibration if calibration is not None else (imat if imat.exists() else None)

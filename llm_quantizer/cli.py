@@ -15,7 +15,8 @@ _BOOL = "bool"
 CONFIG_FLAGS: list[tuple[tuple[str, ...], str, object, str]] = [
     (("-o", "--output-dir"), "output_dir", str, "output directory"),
     (("--backend", "--method"), "backend", str, "gguf | gptq | awq (llamacpp = gguf)"),
-    (("--budget",), "budget", str, "size budget: 3.2GB, 800MiB, 0.3 (fraction), 4.5bpw"),
+    (("--budget",), "budget", str, "size budget: 3.2GB, 800MiB, 0.3 (fraction), 4.5bpw "
+                                   "(none: the uniform --llamacpp-type / --gptq-bits / --awq-bits)"),
     (("--metric",), "metric", str, "layer importance metric (lim, bi, zd)"),
     (("--device",), "device", str, "auto | cpu | cuda[:N]"),
     (("--data",), "calibration.data", "list", "calibration text files or folders"),

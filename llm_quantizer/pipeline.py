@@ -104,8 +104,6 @@ def _files(out: Path, *rel: str) -> list[Path]:
 def run_pipeline(cfg: RunConfig, force: bool = False, log: Callable[[str], None] = print) -> dict:
     if not cfg.model:
         raise ConfigError("no model given (MODEL or --model)")
-    if not cfg.budget and not (cfg.backend == "gguf" and cfg.gguf.llamacpp_type):
-        raise ConfigError("no budget given (--budget 4.5bpw, 0.3, 800MiB, 3.2GB) and no uniform type (--llamacpp-type)")
     src = open_source(cfg.model)
     out = ensure_dir(cfg.output_dir)
     cfg.save(out / "run_config.json")
@@ -174,7 +172,7 @@ def _plan(out, cfg) -> list[Path]:
 
 
 def _quantize(src, out, cfg, results) -> list[Path]:
-    art = api.quantize(src, out, backend=cfg.backend, config=cfg)
+    art = api.quantize(src, out, backend=cfg.backend, plan="saved" if cfg.budget else None, config=cfg)
     results["quantize"] = art
     files = [f for f in art.files if Path(f).is_file()]
     if Path(art.path).is_dir():
