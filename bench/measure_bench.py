@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--family", default="gguf", choices=("gguf", "int"))
     ap.add_argument("--parts", default=",".join(PARTS))
+    ap.add_argument("--omp-wait-policy", default="PASSIVE",
+                    help="OMP_WAIT_POLICY of the parts (PASSIVE: libgomp threads sleep instead of spinning at "
+                         "barriers; on a shared, oversubscribed machine spinning makes small torch ops ~20x "
+                         "slower). 'inherit' keeps this shell's environment")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "measure_bench.json"))
     args = ap.parse_args(argv)
@@ -139,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         load_before = _loadavg()
         cmd = [sys.executable, __file__, "--child", part, "--model", args.model, "--samples", str(args.samples),
                "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--family", args.family]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ)
+        if args.omp_wait_policy != "inherit":
+            env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
             sys.stderr.write(proc.stderr[-4000:])
@@ -150,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {part}: {row['seconds']:.1f} s, peak RSS {row['peak_rss_mib']:.0f} MiB "
               f"(load {row['loadavg_after']})", flush=True)
     fwd = next((r for r in rows if r["part"] == "forward"), None)
-    print(f"\nsmollm2-135m, {args.samples} x {args.seq_len} tokens, batch {args.batch_size}, "
-          f"{rows[0]['threads']} torch threads")
+    print(f"\n{args.model}, {args.samples} x {args.seq_len} tokens, batch {args.batch_size}, "
+          f"{rows[0]['threads']} torch threads, OMP_WAIT_POLICY={args.omp_wait_policy}")
     print(f"{'part':9} {'wall s':>8} {'x fwd':>6} {'peak RSS MiB':>13} {'above base':>11}  load avg (1/5/15 min) "
           f"before -> after")
     for r in rows:
@@ -166,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['part']}: layer compute + loading {rest:.1f} s; observers: {parts}")
     path = write_json(args.out, {"model": args.model, "samples": args.samples, "seq_len": args.seq_len,
                                  "batch_size": args.batch_size, "family": args.family, "cpu_count": os.cpu_count(),
+                                 "omp_wait_policy": args.omp_wait_policy,
                                  "rows": rows})
     print(f"wrote {path}")
     return 0

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,6 +23,12 @@ QUANTIZABLE = frozenset({
     QT.IQ1_S, QT.IQ1_M, QT.IQ2_XXS, QT.IQ2_XS, QT.IQ2_S, QT.IQ3_XXS, QT.IQ3_S, QT.IQ4_NL, QT.IQ4_XS,
 })
 _ROWS_PER_TASK = 64
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One long-lived pool per worker count: probes call this thousands of times per model."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="ggml-quantize")
 
 
 def check_quantizable(qtype, n_per_row: int, imatrix: np.ndarray | None = None) -> QT:
@@ -67,8 +74,7 @@ def quantize_tensor(w, qtype, imatrix: np.ndarray | None = None, nthread: int | 
     if workers <= 1:
         written = sum(run(a, b) for a, b in spans)
     else:  # ctypes releases the GIL during the call
-        with ThreadPoolExecutor(workers) as pool:
-            written = sum(pool.map(lambda s: run(*s), spans))
+        written = sum(_pool(workers).map(lambda s: run(*s), spans))
     if written != dst.nbytes:
         raise BackendError(f"ggml_quantize_chunk wrote {written} bytes, expected {dst.nbytes}")
     return dst

@@ -17,7 +17,7 @@ body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:
 main{max-width:1180px;margin:0 auto;padding:18px 24px 48px}
 h1{font-size:24px;margin:8px 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #d8dde3;padding-bottom:4px}
 h3{font-size:15px;margin:16px 0 6px}.sub{color:#5b6672;margin:0 0 12px}
-.cards{display:flex;flex-wrap:wrap;gap:10px}.card{background:#fff;border:1px solid #d8dde3;border-radius:6px;padding:8px 12px;min-width:150px}
+.cards{display:flex;flex-wrap:wrap;gap:10px;margin:0 0 10px}.card{background:#fff;border:1px solid #d8dde3;border-radius:6px;padding:8px 12px;min-width:150px}
 .card b{display:block;font-size:19px}.card span{color:#5b6672;font-size:12px}
 table{border-collapse:collapse;background:#fff;margin:6px 0;font-size:13px}
 th,td{border:1px solid #d8dde3;padding:3px 7px;text-align:left;vertical-align:top}th{background:#eef1f4}

@@ -36,6 +36,7 @@ def overview(run: RunFiles) -> str:
              ("source file as stored", size(stored) if is_number(stored) and stored != orig else None),
              ("embedding share", f"{100 * t['embedding_share']:.1f}%" if is_number(t.get("embedding_share")) else None)]
     plan_t, budget = as_dict(run.plan.get("totals")), as_dict(run.plan.get("budget"))
+    body, items = cards(items), []
     if budget:
         items.append(("budget", f"{budget.get('spec', '')} = {size(budget.get('bytes'))}"))
     if plan_t:
@@ -43,10 +44,10 @@ def overview(run: RunFiles) -> str:
     for a in run.artifacts:
         items.append((f"written: {a.path.name}", size(a.nbytes)))
         if params:
-            items.append(("achieved bits / weight", f"{8 * a.nbytes / params:.3f}"))
+            items.append(("file bits / weight", f"{8 * a.nbytes / params:.3f}"))
         if orig:
             items.append(("of the original size", f"{100 * a.nbytes / orig:.1f}%"))
-    body = cards(items)
+    body += cards(items)
     if plan_t:
         gap = "optimal" if plan_t.get("optimal") else f"gap to the proven lower bound {fmt(plan_t.get('gap'))}"
         body += note(f"Plan: predicted error {fmt(plan_t.get('predicted_error'))} ({gap}); "

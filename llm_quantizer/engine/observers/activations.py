@@ -17,9 +17,12 @@ class InputStats:
 
     def add(self, x: torch.Tensor) -> None:
         x = x.float()
-        self.sum_sq += x.double().pow(2).sum(0)
-        if self.h is not None:
-            self.h.addmm_(x.T, x)
+        if self.h is not None:   # the batch's Gram matrix once; its diagonal is the sum of x^2
+            g = x.T @ x
+            self.h += g
+            self.sum_sq += g.diagonal().double()
+        else:
+            self.sum_sq += x.pow(2).sum(0).double()
         self.count += x.shape[0]
 
     def hessian(self) -> torch.Tensor:
