@@ -6,7 +6,12 @@ The example model ships as a Q4_1 GGUF; "original" is that model dequantized (bf
 Calibration: wiki_en_calib.txt, N x 512 tokens. Eval: the first 4096 tokens of wiki_en_eval.txt
 in 8 fixed windows of 512 (no overlap), the same ids for every model.
 
-Run: python bench/gptq_awq_bench.py [--samples 128] [--device auto] [--methods rtn,gptq,awq,mixed]
+GPTQ runs true-sequential with propagated quantized outputs; gptq-act adds act_order (static
+groups). AWQ is llm-awq's search (symmetric here: zero-point checkpoints do not load in
+transformers >= 5.23). The mixed plan: our measurements (RTN errors weighted by layer
+importance) -> knapsack over int3/int4 g32/g64, int8 g64, BF16 at the uniform int4 size.
+
+Run: python bench/gptq_awq_bench.py [--samples 128] [--device auto] [--methods rtn,gptq,gptq-act,awq,mixed]
 Writes bench/results/gptq_awq_bench.json.
 """
 from __future__ import annotations
@@ -75,18 +80,26 @@ def mixed_plan(source, ids, device, group: int):
     from llm_quantizer.plan import make_plan
 
     meas = run_measurements(source, ids, MIXED_FORMATS, device=str(device), progress=False).measurements
-    uniform = make_plan(meas, "1", [f"int4_g{group}", "BF16"])
+    uniform = make_plan(meas, "1", [f"int4_g{group}"])   # every linear int4 (embeddings stay BF16)
     plan = make_plan(meas, f"{uniform.totals.bytes}B", MIXED_FORMATS)
     return plan, uniform.totals.bytes
 
 
+def variant(name: str):
+    """bench name -> (method, options): gptq-act = act_order (static groups); mixed uses it too."""
+    from llm_quantizer.quant_runner import AWQOptions, GPTQOptions
+
+    return {"rtn": ("rtn", None), "gptq": ("gptq", GPTQOptions()), "gptq-act": ("gptq", GPTQOptions(act_order=True)),
+            "awq": ("awq", AWQOptions()), "mixed": ("gptq", GPTQOptions(act_order=True))}[name]
+
+
 def run_method(name, source, ids, windows, device, group, work: Path, row: dict, plan=None):
-    method = "gptq" if name == "mixed" else name
+    method, options = variant(name)
     schemes = resolve_schemes(source, plan, None if plan is not None else QuantArgs(4, group, True))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    res = quantize_int(source, method, schemes, ids, work / name, plan=plan, device=str(device), batch_size=8,
-                       progress=False, keep_fake=True)
+    res = quantize_int(source, method, schemes, ids, work / name, plan=plan, options=options, device=str(device),
+                       batch_size=8, progress=False, keep_fake=True)
     row.update(quant_seconds=round(res.seconds, 1), peak_mib=round(peak_mem(device)), tensor_bytes=res.nbytes,
                file_bytes=sum(p.stat().st_size for p in res.path.glob("*.safetensors")))
     ckpt = load_checkpoint(res.path, device)
@@ -116,7 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--methods", default="rtn,gptq,awq,mixed")
+    ap.add_argument("--methods", default="rtn,gptq,gptq-act,awq,mixed")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "gptq_awq_bench.json"))
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
@@ -129,7 +142,7 @@ def main(argv=None) -> int:
     print(f"original ppl {rows[0]['ppl']:.3f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.methods.split(","):
-            row = {"method": f"{name} 4-bit g{args.group_size} sym" if name != "mixed" else "gptq mixed plan"}
+            row = {"method": f"{name} 4-bit g{args.group_size} sym" if name != "mixed" else "gptq-act mixed plan"}
             plan = None
             if name == "mixed":
                 plan, budget = mixed_plan(source, ids, device, args.group_size)

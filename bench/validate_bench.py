@@ -35,14 +35,19 @@ def make_q4km(src, work: Path) -> Path:
 
 
 def make_gptq(src, work: Path, samples: int) -> Path:
+    """4-bit, group 64 (SmolLM2's 576 columns do not divide by 128), symmetric."""
+    from types import SimpleNamespace
+
     from llm_quantizer.backends import get_backend
     from llm_quantizer.calibrate import build_calibration, load_documents
+    from llm_quantizer.config import GPTQOptions
 
     done = work / "gptq" / "quantized_model"
     if done.is_dir() and (done / "config.json").exists():
         return done
     cal = build_calibration(load_documents(TEXT / "wiki_en_calib.txt").texts, src.tokenizer(), samples, 512, seed=0)
-    return Path(get_backend("gptq").quantize(src, None, cal, work / "gptq", None).path)
+    cfg = SimpleNamespace(gptq=GPTQOptions(bits=4, group_size=64), device="cpu")
+    return Path(get_backend("gptq").quantize(src, None, cal, work / "gptq", cfg).path)
 
 
 def llama_perplexity_kld(exe: str, base_gguf: Path, ggufs: list[Path], text_file: Path, ctx: int, chunks: int,

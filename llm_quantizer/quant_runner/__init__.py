@@ -2,7 +2,8 @@
 written as a compressed-tensors ``pack-quantized`` checkpoint with per-layer bits."""
 from .awq_pass import AWQOptions, AWQPass, awq_groups, search_group_scales
 from .ct_writer import CompressedTensorsWriter, checkpoint_config, pack_linear
-from .passes import GPTQOptions, GPTQPass, QuantPass, RTNPass
+from .gptq_pass import GPTQOptions, GPTQPass
+from .passes import QuantPass, RTNPass
 from .run import METHODS, IntQuantResult, quantize_int
 from .schemes import QuantizedLinear, args_for_format, ct_config, layer_linear_names, plan_formats, resolve_schemes
 

@@ -1,4 +1,5 @@
-"""Engine passes that quantize a layer in place: RTN and GPTQ (AWQ is in ``awq_pass``).
+"""Engine passes that quantize a layer in place: the base class and RTN (GPTQ and AWQ have their
+own modules).
 
 A pass is an engine observer plus the engine's layer ``transform``: it observes the layer's
 calibration inputs, then quantizes its linears, writes the fake-quantized weights back (so the
@@ -6,14 +7,11 @@ quantized outputs propagate to the next layer) and hands the layer to a sink.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Protocol
 
 import torch
 
-from ..engine.observers.activations import shared_inputs
 from ..engine.observers.base import LayerContext, Observer
-from ..quant.gptq import HessianAccumulator, gptq_quantize
 from ..quant.rtn import QuantArgs, quantize_rtn
 from .schemes import QuantizedLinear
 
@@ -75,54 +73,3 @@ class RTNPass(QuantPass):
     def quantize_linear(self, ctx, path, args):
         codes, scales, zeros = quantize_rtn(ctx.linears[path].weight.detach(), args)
         return to_cpu_result(args, codes, scales, zeros)
-
-
-@dataclass(frozen=True)
-class GPTQOptions:
-    blocksize: int = 128
-    percdamp: float = 0.01
-    act_order: bool = False       # with static groups, so groups stay contiguous (no g_idx)
-
-
-class GPTQPass(QuantPass):
-    """Hessians from the layer's calibration inputs (shared for q/k/v and gate/up), then GPTQ."""
-
-    name = "gptq-pass"
-    wants_linear_io = True
-
-    def __init__(self, schemes, sink, tensor_names, options: GPTQOptions = GPTQOptions()):
-        super().__init__(schemes, sink, tensor_names)
-        self.options = options
-        self._acc: dict[str, HessianAccumulator] = {}
-        self._shared: dict[str, str] = {}
-
-    def layer_start(self, ctx):
-        self._acc, self._shared = {}, shared_inputs(ctx.layer_map)
-
-    def linear_io(self, ctx, path, x, y):
-        if path in self._shared or not self._needed(ctx, path):
-            return
-        if path not in self._acc:
-            self._acc[path] = HessianAccumulator(x.shape[-1], device=x.device)
-        self._acc[path].add_batch(x)
-
-    def _needed(self, ctx, path) -> bool:
-        """Whether ``path`` or a linear sharing its input is quantized."""
-        return any(self.args(ctx, p) is not None for p in ctx.linears if self._shared.get(p, p) == path)
-
-    def quantize_linear(self, ctx, path, args):
-        acc = self._acc[self._shared.get(path, path)]
-        w = ctx.linears[path].weight.detach()
-        o = self.options
-        res = gptq_quantize(w, acc.H, args, blocksize=o.blocksize, percdamp=o.percdamp,
-                            act_order=o.act_order, static_groups=o.act_order)
-        if not res.contiguous_groups:       # cannot happen with static groups; guard the format
-            raise RuntimeError(f"GPTQ produced non-contiguous groups for {ctx.prefix}{path}")
-        self.stats[ctx.prefix + path] = {"loss": res.loss, "percdamp": res.percdamp}
-        return to_cpu_result(args, res.codes, res.scales, res.zeros)
-
-    def __call__(self, ctx):
-        try:
-            return super().__call__(ctx)
-        finally:
-            self._acc = {}

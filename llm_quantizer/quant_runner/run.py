@@ -16,7 +16,8 @@ from ..quant.rtn import QuantArgs
 from .awq_pass import AWQOptions, AWQPass
 from .card import model_card
 from .ct_writer import CompressedTensorsWriter, checkpoint_config
-from .passes import GPTQOptions, GPTQPass, QuantPass, RTNPass
+from .gptq_pass import GPTQOptions, GPTQPass
+from .passes import QuantPass, RTNPass
 from .schemes import QuantizedLinear, ct_config, scheme_label
 
 log = logging.getLogger(__name__)

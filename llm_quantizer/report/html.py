@@ -43,7 +43,7 @@ def fmt(v: Any) -> str:
     if isinstance(v, float):
         return "-" if math.isnan(v) else f"{v:.4g}"
     if isinstance(v, int):
-        return f"{v:,}"
+        return f"{v:,}" if abs(v) >= 10_000 else str(v)
     return str(v)
 
 

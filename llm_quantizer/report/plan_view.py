@@ -104,6 +104,19 @@ def format_summary(run: RunFiles) -> str:
     return table(["format", "tensors", "share of weights", "size"], rows) if rows else ""
 
 
+def constraints_note(plan: dict) -> str:
+    c = as_dict(plan.get("constraints"))
+    if not c:
+        return ""
+    sw, emb = c.get("super_weight_min_bits"), c.get("min_embed_bits")
+    pairs = [x for x in c.get("keep") or [] if isinstance(x, (list, tuple)) and len(x) == 2]
+    facts = [f"super-weight tensors >= {sw:g} bpw" if is_number(sw) else "",
+             f"embeddings >= {emb:g} bpw" if is_number(emb) else "",
+             "pinned " + ", ".join(f"{a}={b}" for a, b in pairs) if pairs else "",
+             "allowed formats: " + ", ".join(map(str, plan.get("allowed_formats") or []))]
+    return note("Constraints: " + "; ".join(f for f in facts if f) + ".")
+
+
 def plan_section(run: RunFiles) -> str:
     if not run.plan:
         return ""
@@ -114,13 +127,6 @@ def plan_section(run: RunFiles) -> str:
     summary = format_summary(run)
     if summary:
         parts.append("<h3>Formats</h3>" + summary)
-    c = as_dict(run.plan.get("constraints"))
-    if c:
-        pairs = [x for x in c.get("keep") or [] if isinstance(x, (list, tuple)) and len(x) == 2]
-        keep = ", ".join(f"{a}={b}" for a, b in pairs)
-        parts.append(note(f"Constraints: super-weight tensors >= {fmt(c.get('super_weight_min_bits'))} bpw, "
-                          f"embeddings >= {fmt(c.get('min_embed_bits'))} bpw"
-                          + (f", pinned {keep}" if keep else "") + f"; allowed formats: "
-                          + ", ".join(map(str, run.plan.get("allowed_formats") or [])) + "."))
+    parts.append(constraints_note(run.plan))
     parts.append(figure(run.path("quantization_plan", "quantization_plan.png"), "quantization plan heatmap"))
     return "".join(p for p in parts if p)

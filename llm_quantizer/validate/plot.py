@@ -21,7 +21,7 @@ def plot_validation(path, report: dict, kld_tokens: Sequence[np.ndarray]) -> Pat
     fig, ax = plt.subplots(2, 2, figsize=(11, 8))
 
     a = ax[0, 0]
-    a.bar(x, [r["ppl"] for r in arts], color="tab:blue")
+    a.bar(x, [r["ppl"] for r in arts], 0.6, color="tab:blue")
     a.axhline(report["original"]["ppl"], color="k", ls="--", label=f"original {report['original']['ppl']:.2f}")
     a.set_title("perplexity (eval text)")
     a.legend(fontsize=8)
@@ -29,14 +29,14 @@ def plot_validation(path, report: dict, kld_tokens: Sequence[np.ndarray]) -> Pat
     a = ax[0, 1]
     data = [np.clip(k, 1e-8, None) for k in kld_tokens]
     if any(len(d) for d in data):
-        a.boxplot(data, positions=x, showfliers=False)
+        a.boxplot(data, positions=x, showfliers=False, whis=(1, 99))
         a.scatter(x, [r["kld_mean"] for r in arts], color="tab:red", zorder=3, label="mean")
         a.set_yscale("log")
         a.legend(fontsize=8)
-    a.set_title("KL divergence to the original, per token")
+    a.set_title("KLD to the original per token (box: quartiles, whiskers: p1-p99)")
 
     a = ax[1, 0]
-    a.bar(x, [r["same_top_pct"] for r in arts], color="tab:green")
+    a.bar(x, [r["same_top_pct"] for r in arts], 0.6, color="tab:green")
     a.set_ylim(0, 100)
     a.set_title("same top token as the original (%)")
 

@@ -40,6 +40,7 @@ class ValidateOptions(BaseModel):
     search: bool = True
     grid: Optional[list[dict]] = None            # SamplerSettings dicts; the first is the base setting
     rep_tolerance: float = Field(0.02, ge=0)
+    exhaustive: bool = Field(False, description="generate with every grid setting, not only until each target is settled")
     cost_windows: Optional[int] = Field(None, ge=1, description="eval windows that score the grid")
     seed: int = 0
     n_threads: Optional[int] = None
@@ -130,10 +131,11 @@ def validate(original, artifact_paths: Sequence, eval_files: Optional[Sequence],
 
     base_path = vdir / "kld_base.safetensors"
     base = metrics.BaseLogprobs.load(base_path) if base_path.is_file() else None
-    keep = {"k": opt.topk, "floor": opt.kld_floor, "max_kept": opt.kld_max_kept}
+    who = f"{original_runtime.kind}:{original_runtime.name}" if original_runtime else f"transformers:{src.ref}"
+    keep = {"k": opt.topk, "floor": opt.kld_floor, "max_kept": opt.kld_max_kept, "original": who}
     if base is None or not base.matches(ew, keep):
         base = metrics.compute_base(original_rt(), ew, opt.topk, opt.kld_floor, opt.kld_max_kept)
-        base.meta.update(source=src.name, text_sha256=ew.text_sha256)
+        base.meta.update(original=who, text_sha256=ew.text_sha256)
         base.save(base_path)
     orig = {"name": src.name, "ppl": metrics.perplexity(-base.target_logp.double().numpy()),
             "params": _n_params(src)}
@@ -176,7 +178,7 @@ def _validate_one(label, path, base, ps, orig_gens, orig, grid, opt, n_ctx, tok)
         if ps is not None:
             if meter is not None:
                 found = search(rt, ps, grid, meter.results(), meter.plain_ppl, orig["repetition_rate"],
-                               opt.max_new_tokens, opt.rep_tolerance, opt.seed)
+                               opt.max_new_tokens, opt.rep_tolerance, opt.seed, opt.exhaustive)
                 rows = found.pop("grid")
                 ch = found["chosen"]["llama.cpp"]
                 before_g, after_g = rows[0]["generations"], rows[ch["index"]]["generations"]

@@ -14,7 +14,8 @@ Choice, per target runtime (llama.cpp, Ollama, transformers: each can express a 
 the settings whose repetition rate is at most the original's (under the base setting) plus
 ``tolerance``, the least ``ppl_cost_pct``; ties go to more tokens kept, then to the smaller
 temperature cost (so the base setting wins when it already reaches the target). When none gets
-there, the one with the lowest repetition rate.
+there, the one with the lowest repetition rate. Generation is the expensive part, so settings
+are generated cheapest first and the search stops as soon as every target is settled.
 """
 from __future__ import annotations
 
@@ -72,46 +73,53 @@ class CostMeter:
                  "tokens": int(sum(len(x) for x in n))} for n, t, k in zip(self.nll, self.nll_t, self.kept)]
 
 
-def measure_grid(rt, ps: PromptSet, candidates: Sequence[SamplerSettings], costs: Sequence[dict],
-                 plain_ppl: float, max_new_tokens: int, seed: int = 0) -> list[dict]:
-    """Generate with every candidate; one row per candidate (generations kept as ids)."""
-    from tqdm.auto import tqdm
+def _cost_row(c: SamplerSettings, cost: dict, plain_ppl: float) -> dict:
+    return {"label": c.label(), "settings": c.to_dict(), "targets": list(c.targets()), "repetition": None,
+            "ppl": cost["ppl"], "ppl_cost_pct": 100 * (cost["ppl"] / plain_ppl - 1),
+            "temp_cost_pct": 100 * (cost["ppl_t"] / plain_ppl - 1), "kept_pct": cost["kept_pct"]}
 
-    rows = []
-    for c, cost in tqdm(list(zip(candidates, costs)), desc=f"sampler grid {getattr(rt, 'name', '')}", unit="setting",
-                        leave=False, disable=None):
-        gens = generate_all(rt, ps, c, max_new_tokens, seed)
-        rows.append({"label": c.label(), "settings": c.to_dict(), "targets": list(c.targets()),
-                     "repetition": repetition_summary(gens, ps.stop_ids),
-                     "ppl": cost["ppl"], "ppl_cost_pct": 100 * (cost["ppl"] / plain_ppl - 1),
-                     "temp_cost_pct": 100 * (cost["ppl_t"] / plain_ppl - 1), "kept_pct": cost["kept_pct"],
-                     "generations": gens})
-    return rows
+
+def _key(r: dict) -> tuple:
+    return round(r["ppl_cost_pct"], 6), -r["kept_pct"], abs(r["temp_cost_pct"])
 
 
 def choose(rows: Sequence[dict], target_rate: float, tolerance: float, target: str) -> dict:
-    """The chosen row index for one target runtime (see the module docstring)."""
-    ok = [i for i, r in enumerate(rows) if target in r["targets"]]
+    """The chosen row index for one target runtime (see the module docstring); rows not
+    measured (``repetition`` None) are skipped."""
+    ok = [i for i, r in enumerate(rows) if target in r["targets"] and r.get("repetition")]
     if not ok:
         return {"index": None, "reached_target": False}
-    limit = target_rate + tolerance
-    feasible = [i for i in ok if rows[i]["repetition"]["rate"] <= limit]
+    feasible = [i for i in ok if rows[i]["repetition"]["rate"] <= target_rate + tolerance]
     if feasible:
-        best = min(feasible, key=lambda i: (round(rows[i]["ppl_cost_pct"], 6), -rows[i]["kept_pct"],
-                                            abs(rows[i]["temp_cost_pct"])))
+        best = min(feasible, key=lambda i: _key(rows[i]))
     else:
         best = min(ok, key=lambda i: (rows[i]["repetition"]["rate"], rows[i]["ppl_cost_pct"]))
-    return {"index": best, "label": rows[best]["label"], "reached_target": bool(feasible),
-            "settings": rows[best]["settings"], "rate": rows[best]["repetition"]["rate"],
-            "ppl_cost_pct": rows[best]["ppl_cost_pct"], "temp_cost_pct": rows[best]["temp_cost_pct"],
-            "kept_pct": rows[best]["kept_pct"]}
+    r = rows[best]
+    return {"index": best, "label": r["label"], "reached_target": bool(feasible), "settings": r["settings"],
+            "rate": r["repetition"]["rate"], "ppl_cost_pct": r["ppl_cost_pct"],
+            "temp_cost_pct": r["temp_cost_pct"], "kept_pct": r["kept_pct"]}
 
 
 def search(rt, ps: PromptSet, candidates: Sequence[SamplerSettings], costs: Sequence[dict], plain_ppl: float,
-           original_rate: float, max_new_tokens: int, tolerance: float = 0.02, seed: int = 0) -> dict:
+           original_rate: float, max_new_tokens: int, tolerance: float = 0.02, seed: int = 0,
+           exhaustive: bool = False) -> dict:
     """Measure the grid on ``rt`` and choose per target. ``candidates[0]`` is the base setting:
-    its row is the 'before'."""
-    rows = measure_grid(rt, ps, candidates, costs, plain_ppl, max_new_tokens, seed)
+    its row is the 'before'. Costs are known before any generation, so settings are generated in
+    the order of the choice rule and the search stops once every target has a setting at the
+    original's level (the first such is its choice); ``exhaustive`` measures the whole grid.
+    Rows (generations kept as ids) come back in grid order; unmeasured ones have no repetition."""
+    from tqdm.auto import tqdm
+
+    rows = [_cost_row(c, cost, plain_ppl) for c, cost in zip(candidates, costs)]
+    order = [0] + sorted(range(1, len(rows)), key=lambda i: _key(rows[i]))
+    settled: set[str] = set()
+    for i in tqdm(order, desc=f"sampler grid {getattr(rt, 'name', '')}", unit="setting", leave=False, disable=None):
+        if settled == set(TARGETS) and not exhaustive:
+            break
+        gens = generate_all(rt, ps, candidates[i], max_new_tokens, seed)
+        rows[i].update(repetition=repetition_summary(gens, ps.stop_ids), generations=gens)
+        if rows[i]["repetition"]["rate"] <= original_rate + tolerance:
+            settled |= set(rows[i]["targets"])
     chosen = {t: choose(rows, original_rate, tolerance, t) for t in TARGETS}
     return {"original_rate": original_rate, "tolerance": tolerance, "before": rows[0]["repetition"],
-            "chosen": chosen, "grid": rows}
+            "chosen": chosen, "measured": sum(r["repetition"] is not None for r in rows), "grid": rows}

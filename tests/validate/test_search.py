@@ -49,3 +49,13 @@ def test_choose_rules():
     assert choose(rows, 0.6, 0.0, "ollama")["index"] == 0               # the base already reaches it
     miss = choose(rows[:3], 0.0, 0.0, "ollama")
     assert miss["index"] == 1 and not miss["reached_target"]            # none reaches: lowest rate
+
+
+def test_search_stops_when_the_base_already_reaches_the_target():
+    wander = ScriptedRuntime(wandering_fn(V), V)
+    meter = _costs(wander, GRID)
+    found = search(wander, PS, GRID, meter.results(), meter.plain_ppl, 1.0, 20)
+    assert found["measured"] == 1 and all(c["index"] == 0 for c in found["chosen"].values())
+    assert [r["repetition"] is None for r in found["grid"]] == [False, True, True, True, True]
+    full = search(wander, PS, GRID, meter.results(), meter.plain_ppl, 1.0, 20, exhaustive=True)
+    assert full["measured"] == len(GRID) and full["before"] == found["before"]

@@ -28,7 +28,7 @@ def test_smollm2_q4_k_m_against_original(q4km, tmp_path):
     src, gguf = q4km
     t0 = time.time()
     rep = validate(src, [gguf], [TEXT / "wiki_en_eval.txt"], tmp_path, ctx=512, max_eval_tokens=1024,
-                   max_new_tokens=24, prompts=["Explain how a refrigerator keeps food cold."],
+                   max_new_tokens=16, prompts=["Explain how a refrigerator keeps food cold."],
                    grid=[{}, {"dry_multiplier": 0.8}])
     a = rep["artifacts"][0]
     print(f"\nppl original {rep['original']['ppl']:.3f}  q4_k_m {a['ppl']:.3f}  kld mean {a['kld_mean']:.4f} "
