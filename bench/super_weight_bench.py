@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     down = {d["layer"]: d for d in obs.down}
 
     def weight_of(layer: int) -> torch.Tensor:
-        return model.get_submodule(src.layer_map.layer_prefix(layer) + src.layer_map.linears["down"]).weight
+        # detach() shares the parameter's storage: zeroing an entry changes the model
+        return model.get_submodule(src.layer_map.layer_prefix(layer) + src.layer_map.linears["down"]).weight.detach()
 
     print(f"{args.model}: outlier observer on {args.samples} x {args.seq_len} calibration tokens ({detect_s:.1f} s); "
           f"perplexity on {windows.describe()['scored_tokens']} tokens of wiki_en_eval.txt (ctx {args.ctx}); "

@@ -161,8 +161,11 @@ def validate(*args, **kwargs):
     _pending("validate")
 
 
-def report(*args, **kwargs):
-    _pending("report")
+def report(output_dir: str | Path) -> Path:
+    """One self-contained HTML page of the run in ``output_dir`` (report.html)."""
+    from .report import render_report
+
+    return render_report(output_dir)
 
 
 def run(config: RunConfig | None = None, force: bool = False, **overrides) -> dict:

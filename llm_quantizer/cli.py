@@ -155,6 +155,11 @@ def _cmd_quantize(ns, cfg: RunConfig) -> int:
     return 0
 
 
+def _cmd_report(ns, cfg: RunConfig) -> int:
+    print(f"wrote {api.report(cfg.output_dir)}")
+    return 0
+
+
 def _stage(name: str) -> Callable:
     def cmd(ns, cfg: RunConfig) -> int:
         getattr(api, name)(cfg)
@@ -170,7 +175,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "plan": (_cmd_plan, "choose per-tensor formats for a budget"),
     "quantize": (_cmd_quantize, "write the quantized model with a backend"),
     "validate": (_stage("validate"), "perplexity, KL divergence, generations, repetition"),
-    "report": (_stage("report"), "one HTML page of the run"),
+    "report": (_cmd_report, "one HTML page of the run"),
     "run": (_cmd_run, "the whole pipeline"),
     "methods": (_cmd_methods, "list the backend registry"),
 }

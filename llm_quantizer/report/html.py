@@ -17,13 +17,13 @@ body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:
 main{max-width:1180px;margin:0 auto;padding:18px 24px 48px}
 h1{font-size:24px;margin:8px 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #d8dde3;padding-bottom:4px}
 h3{font-size:15px;margin:16px 0 6px}.sub{color:#5b6672;margin:0 0 12px}
-.cards{display:flex;flex-wrap:wrap;gap:10px;margin:0 0 10px}.card{background:#fff;border:1px solid #d8dde3;border-radius:6px;padding:8px 12px;min-width:150px}
+.cards{display:flex;flex-wrap:wrap;gap:10px;margin:0 0 10px}.card{background:#fff;border:1px solid #d8dde3;border-radius:6px;padding:8px 12px;min-width:120px}
 .card b{display:block;font-size:19px}.card span{color:#5b6672;font-size:12px}
 table{border-collapse:collapse;background:#fff;margin:6px 0;font-size:13px}
 th,td{border:1px solid #d8dde3;padding:3px 7px;text-align:left;vertical-align:top}th{background:#eef1f4}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 table.heat td{text-align:center;font-size:11px;padding:1px 5px;white-space:nowrap}
-table.gen td{white-space:pre-wrap;width:30%;font-size:12px}
+table.gen{width:100%;table-layout:fixed}table.gen td{white-space:pre-wrap;font-size:12px}table.gen th:first-child{width:18%}
 pre{background:#fff;border:1px solid #d8dde3;border-radius:4px;padding:8px;overflow-x:auto;font-size:12px;white-space:pre-wrap}
 img{max-width:100%;border:1px solid #d8dde3;background:#fff;margin:4px 0}
 .note{color:#5b6672;font-style:italic}.warn{color:#a33}details{margin:6px 0}summary{cursor:pointer;color:#2c5d8f}

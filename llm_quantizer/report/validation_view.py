@@ -12,6 +12,7 @@ PREFERRED = ("label", "name", "model", "runtime", "bytes", "bits_per_weight", "p
              "ln_ppl_ratio", "kld_mean", "kld_median", "kld_p99", "same_top_pct", "rep_before", "rep_after",
              "repetition_rate")
 MAX_COLUMNS = 14
+GENERATION_HEADS = {"quantized": "quantized (base setting)", "quantized_chosen": "quantized (chosen setting)"}
 SHOWN_GENERATIONS = 3
 
 
@@ -50,7 +51,7 @@ def results(val: dict) -> str:
         parts.append(table(["field", "value"], flat) if flat else "")
     ev = as_dict(val.get("eval"))
     if ev:
-        text = "; ".join(f"{k}: {fmt(v)}" for k, v in ev.items() if _scalar(v))
+        text = "; ".join(f"{k}: {fmt(v)}" for k, v in ev.items() if _scalar(v) and "sha" not in k)
         parts.append(note(f"Eval: {text}") if text else "")
     return "".join(parts)
 
@@ -67,7 +68,7 @@ def _generation_table(gens: list[dict]) -> str:
     keys: list[str] = []
     for g in gens:
         keys += [k for k, v in g.items() if k not in keys and k != "prompt" and isinstance(v, str)]
-    heads = ["prompt", *(k.replace("_", " ") for k in keys)]
+    heads = ["prompt", *(GENERATION_HEADS.get(k, k.replace("_", " ")) for k in keys)]
 
     def row(g: dict) -> str:
         return "<tr>" + "".join(f"<td>{esc(g.get(k, ''))}</td>" for k in ["prompt", *keys]) + "</tr>"
@@ -90,7 +91,7 @@ def generations(val: dict) -> str:
             parts.append(f"<h3>{esc(label)}</h3>" + _generation_table(gens))
     if parts:
         parts.insert(0, note("Same prompts and seed for the original and the quantized model; "
-                             "'quantized chosen' uses the repetition-safe settings below."))
+                             "the chosen setting is the repetition-safe one below."))
     return "".join(parts)
 
 

@@ -70,25 +70,29 @@ def probe_tensor(w: torch.Tensor, h: torch.Tensor, formats: list[str], imatrix: 
 class ErrorProbe(Observer):
     name = "probes"
 
-    def __init__(self, formats: list[str]):
+    def __init__(self, formats: list[str], only: set[str] | None = None):
+        """``only``: HF weight names to probe (default: every linear and the head)."""
         self.formats = formats
+        self.only = None if only is None else set(only)
         self.tensors: dict[str, dict] = {}
 
     def layer_end(self, ctx):
         stats = ctx.state["input_stats"]
         for path, lin in ctx.linears.items():
+            name = f"{ctx.prefix}{path}.weight"
+            if self.only is not None and name not in self.only:
+                continue
             s = stats[path]
             imat = (s.sum_sq / max(s.count, 1)).float().cpu().numpy()
-            self.tensors[f"{ctx.prefix}{path}.weight"] = probe_tensor(lin.weight.detach(), s.hessian(), self.formats,
-                                                                     imat)
+            self.tensors[name] = probe_tensor(lin.weight.detach(), s.hessian(), self.formats, imat)
 
     def finish(self, final):
         s = final.state.get("head_stats")
-        if s is None or final.lm_head is None:
+        name = "lm_head.weight" if not final.tied else "model.embed_tokens.weight"
+        if s is None or final.lm_head is None or (self.only is not None and name not in self.only):
             return
         w = final.lm_head.weight.detach()
         imat = (s.sum_sq / max(s.count, 1)).float().cpu().numpy()
-        name = "lm_head.weight" if not final.tied else "model.embed_tokens.weight"
         self.tensors[name] = probe_tensor(w, s.hessian(), self.formats, imat)
 
     def result(self) -> dict:
