@@ -75,12 +75,13 @@ def peak_mem(device) -> float:
 
 
 def mixed_plan(source, ids, device, group: int):
-    """Knapsack plan over MIXED_FORMATS at the byte size of the uniform int4 plan."""
+    """Knapsack plan over MIXED_FORMATS at the byte size of the uniform int4 plan (every linear
+    int4: no super-weight floor there, so its size is the uniform checkpoint's)."""
     from llm_quantizer.measure import run_measurements
-    from llm_quantizer.plan import make_plan
+    from llm_quantizer.plan import Constraints, make_plan
 
     meas = run_measurements(source, ids, MIXED_FORMATS, device=str(device), progress=False).measurements
-    uniform = make_plan(meas, "1", [f"int4_g{group}"])   # every linear int4 (embeddings stay BF16)
+    uniform = make_plan(meas, "1", [f"int4_g{group}"], Constraints(super_weight_min_bits=None))
     plan = make_plan(meas, f"{uniform.totals.bytes}B", MIXED_FORMATS)
     return plan, uniform.totals.bytes
 
@@ -90,6 +91,8 @@ def variant(name: str):
     from llm_quantizer.quant_runner import AWQOptions, GPTQOptions
 
     return {"rtn": ("rtn", None), "gptq": ("gptq", GPTQOptions()), "gptq-act": ("gptq", GPTQOptions(act_order=True)),
+            "gptq-ts": ("gptq", GPTQOptions(true_sequential=True)),
+            "gptq-act-ts": ("gptq", GPTQOptions(act_order=True, true_sequential=True)),
             "awq": ("awq", AWQOptions()), "mixed": ("gptq", GPTQOptions(act_order=True))}[name]
 
 

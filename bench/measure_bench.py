@@ -1,7 +1,8 @@
 """Wall time and peak RSS of the measure stage's engine on SmolLM2-135M, against one plain
 transformers forward pass over the same tokens (the ratio's denominator).
 
-Parts, each in its own subprocess (so each has its own peak RSS):
+Parts, each in its own subprocess (so each has its own peak RSS); by default the forward pass runs
+first and last and the ratios use the mean of the two (the machine is shared: load drifts):
   engine    the streaming engine with every observer (activations + H, importance, outliers,
             per-format probes for the gguf format set)
   noprobes  the same without the probes
@@ -27,12 +28,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
-PARTS = ("engine", "noprobes", "forward")
+PARTS = ("forward", "engine", "noprobes", "forward")
 
 
 def _rss_mib() -> float:
     """Peak RSS of this process so far (Linux: ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _current_rss_mib() -> float:
@@ -86,11 +92,11 @@ def child(part: str, args) -> dict:
         t0 = time.perf_counter()
         model = load_full_model(src, "cpu")
         info["load_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         with torch.no_grad():
             for b in torch.split(ids, args.batch_size):
                 model(input_ids=b, use_cache=False)
-        info["seconds"] = time.perf_counter() - t0
+        info["seconds"], info["cpu_s"] = time.perf_counter() - t0, _cpu_s() - c0
     else:
         from llm_quantizer.engine import EngineOptions, LayerwiseEngine
         from llm_quantizer.engine.observers.activations import ActivationStats
@@ -103,10 +109,10 @@ def child(part: str, args) -> dict:
         if part == "engine":
             obs.append(ErrorProbe(DEFAULT_FORMATS[args.family]))
         timed = [Timed(o) for o in obs]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         eng = LayerwiseEngine(src, EngineOptions(device="cpu", batch_size=args.batch_size, progress=False))
         eng.run(ids, timed)
-        info["seconds"] = time.perf_counter() - t0
+        info["seconds"], info["cpu_s"] = time.perf_counter() - t0, _cpu_s() - c0
         info["observer_s"] = {t.name: t.seconds for t in timed}
         info["formats"] = DEFAULT_FORMATS[args.family] if part == "engine" else []
     info["peak_rss_mib"] = _rss_mib()
@@ -156,16 +162,20 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"  {part}: {row['seconds']:.1f} s, peak RSS {row['peak_rss_mib']:.0f} MiB "
               f"(load {row['loadavg_after']})", flush=True)
-    fwd = next((r for r in rows if r["part"] == "forward"), None)
+    fwds = [r for r in rows if r["part"] == "forward"]
+    fwd = {k: sum(r[k] for r in fwds) / len(fwds) for k in ("seconds", "cpu_s")} if fwds else None
     print(f"\n{args.model}, {args.samples} x {args.seq_len} tokens, batch {args.batch_size}, "
           f"{rows[0]['threads']} torch threads, OMP_WAIT_POLICY={args.omp_wait_policy}")
-    print(f"{'part':9} {'wall s':>8} {'x fwd':>6} {'peak RSS MiB':>13} {'above base':>11}  load avg (1/5/15 min) "
-          f"before -> after")
+    print("(x fwd: against the mean of the forward rows; CPU s = user + sys of the part's process)")
+    print(f"{'part':9} {'wall s':>8} {'x fwd':>6} {'CPU s':>8} {'x fwd':>6} {'peak RSS MiB':>13} {'above base':>11}  "
+          f"load avg (1/5/15 min) before -> after")
     for r in rows:
         ratio = r["seconds"] / fwd["seconds"] if fwd else float("nan")
-        r["ratio_to_forward"] = ratio
-        print(f"{r['part']:9} {r['seconds']:8.1f} {ratio:6.2f} {r['peak_rss_mib']:13.0f} "
-              f"{r['peak_rss_mib'] - r['base_rss_mib']:11.0f}  {r['loadavg_before']} -> {r['loadavg_after']}")
+        cratio = r["cpu_s"] / fwd["cpu_s"] if fwd else float("nan")
+        r["ratio_to_forward"], r["cpu_ratio_to_forward"] = ratio, cratio
+        print(f"{r['part']:9} {r['seconds']:8.1f} {ratio:6.2f} {r['cpu_s']:8.1f} {cratio:6.2f} "
+              f"{r['peak_rss_mib']:13.0f} {r['peak_rss_mib'] - r['base_rss_mib']:11.0f}  "
+              f"{r['loadavg_before']} -> {r['loadavg_after']}")
     for r in rows:
         if "observer_s" in r:
             rest = r["seconds"] - sum(r["observer_s"].values())

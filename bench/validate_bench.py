@@ -4,7 +4,7 @@ sampler settings. With --llama-perplexity PATH, also checks our KLD against
 ``llama-perplexity --kl-divergence`` on the same text and context (same base: the example GGUF
 run by llama.cpp). Prints tables and writes bench/results/validate_bench.json.
 
-Run: python bench/validate_bench.py [--gptq] [--llama-perplexity build/bin/llama-perplexity]
+Run: python bench/validate_bench.py [--gptq] [--exhaustive] [--llama-perplexity build/bin/llama-perplexity]
 """
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--prompts", type=int, default=4, help="validation prompts used (of 6)")
     ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--exhaustive", action="store_true", help="generate with the whole sampler grid")
     ap.add_argument("--gptq", action="store_true", help="also quantize with the gptq backend (slow on CPU)")
     ap.add_argument("--gptq-samples", type=int, default=16)
     ap.add_argument("--llama-perplexity", default=None, help="path of a llama-perplexity binary")
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         artifacts.append(make_gptq(src, work, args.gptq_samples))
     t_quant = time.time() - t0
     opts = dict(ctx=args.ctx, max_eval_tokens=args.eval_tokens, prompts=list(VALIDATION_PROMPTS[:args.prompts]),
-                max_new_tokens=args.max_new_tokens)
+                max_new_tokens=args.max_new_tokens, exhaustive=args.exhaustive)
     t0 = time.time()
     rep = validate(src, artifacts, [TEXT / "wiki_en_eval.txt"], work / "out", **opts)
     result = {"model": "smollm2-135m", "options": opts, "quantize_s": round(t_quant, 1),
@@ -100,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"original ppl {rep['original']['ppl']:.4f}, repetition rate {rep['original'].get('repetition_rate')}")
     print(format_table(rep["comparison"]))
     for a in rep["artifacts"]:
+        for g in a.get("prevention", {}).get("grid", []):
+            if g["repetition"]:
+                print(f"  {a['label']:28s} {g['label']:34s} rate {g['repetition']['rate']:.3f}  ppl cost "
+                      f"{g['ppl_cost_pct']:+7.2f}%  at temperature {g['temp_cost_pct']:+7.2f}%  kept {g['kept_pct']:.1f}%")
         for target, ch in a.get("prevention", {}).get("chosen", {}).items():
             print(f"  {a['label']:28s} {target:12s} -> {ch.get('label')}: rate {ch.get('rate', float('nan')):.3f} "
                   f"(reached: {ch.get('reached_target')}), ppl cost {ch.get('ppl_cost_pct', float('nan')):+.2f}%")

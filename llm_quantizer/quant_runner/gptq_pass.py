@@ -1,6 +1,7 @@
 """GPTQ inside the engine: Hessians from the layer's calibration inputs, then ``gptq_quantize``.
 
-True-sequential (the reference's ``--true-sequential``, GPTQModel's default): the layer's linears
+True-sequential (the reference's ``--true-sequential``, GPTQModel's default; off by default here:
+on smollm2-135m it did not help, see bench/gptq_awq_bench.py): the layer's linears
 are quantized stage by stage in forward order (q/k/v, o, gate/up, down, as the engine's hooks
 first saw them); before each later stage its Hessian is recomputed from the layer's cached
 inputs with the earlier stages already quantized (the forward stops at the hooked linear).
@@ -21,7 +22,7 @@ class GPTQOptions:
     blocksize: int = 128
     percdamp: float = 0.01
     act_order: bool = False       # with static groups, so groups stay contiguous (no g_idx)
-    true_sequential: bool = True
+    true_sequential: bool = False
 
 
 class _Stop(Exception):

@@ -107,7 +107,7 @@ def test_awq_v_to_o_fold_without_gqa(tmp_path):
 def test_true_sequential_rehessian_reruns_the_layer(tiny_models, tmp_path):
     """Re-running the cached layer calls reproduces the observed Hessians exactly (same inputs,
     nothing quantized yet), and the stages come in forward order."""
-    from llm_quantizer.quant_runner import GPTQPass
+    from llm_quantizer.quant_runner import GPTQOptions, GPTQPass
     from llm_quantizer.quant_runner.ct_writer import CompressedTensorsWriter
 
     seen = {}
@@ -122,7 +122,8 @@ def test_true_sequential_rehessian_reruns_the_layer(tiny_models, tmp_path):
     src = open_source(tiny_models["qwen3"][0])
     schemes = resolve_schemes(src, None, QuantArgs(4, 32, True))
     writer = CompressedTensorsWriter(tmp_path / "q")
-    p = Check(schemes, writer, lambda prefix: [n for n in src.tensors if n.startswith(prefix)])
+    p = Check(schemes, writer, lambda prefix: [n for n in src.tensors if n.startswith(prefix)],
+              GPTQOptions(true_sequential=True))
     LayerwiseEngine(src, EngineOptions(device="cpu", progress=False, run_head=False)).run(IDS, [p], transform=p)
     writer.abort()
     assert seen["order"] == ["self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"]
