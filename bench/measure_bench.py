@@ -32,7 +32,11 @@ PARTS = ("forward", "engine", "noprobes", "forward")
 
 
 def _rss_mib() -> float:
-    """Peak RSS of this process so far (Linux: ru_maxrss in KiB)."""
+    """Peak RSS of this process so far: VmHWM (ru_maxrss would carry the parent's RSS over fork + exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

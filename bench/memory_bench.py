@@ -5,7 +5,7 @@ the embeddings, one for the head), never held whole. Two subprocesses:
   baseline  imports torch + transformers and builds the engine's skeleton (meta weights) only
   engine    the same, then runs the engine with activation statistics (imatrix + full H) and
             importance (LIM/BI/ZD) on N x L random token ids
-Reported: peak RSS of each (ru_maxrss) and the engine's peak above the baseline, as a share of
+Reported: peak RSS of each (VmHWM) and the engine's peak above the baseline, as a share of
 the model's size (goal: < 25 %), with the RSS at each layer's end and in the head stage.
 
 Run: python bench/memory_bench.py [--layers 20 --hidden 2048 --intermediate 5632 --samples 8 --seq-len 256]
@@ -26,6 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _peak_mib() -> float:
+    """Peak RSS of this process so far: VmHWM (ru_maxrss would carry the parent's RSS over fork + exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

