@@ -1,6 +1,7 @@
 """Peak memory of the streaming engine on a random llama of ~2 GB of bf16 weights.
 
-The model is written layer by layer as sharded safetensors (one shard per decoder layer, one for
+Default shape: TinyLlama-1.1B's (22 layers, hidden 2048, intermediate 5632, 32 heads, 4 KV heads,
+vocab 32000, untied head): 2.05 GiB. The model is written layer by layer as sharded safetensors (one shard per decoder layer, one for
 the embeddings, one for the head), never held whole. Two subprocesses:
   baseline  imports torch + transformers and builds the engine's skeleton (meta weights) only
   engine    the same, then runs the engine with activation statistics (imatrix + full H) and
@@ -82,7 +83,8 @@ def build_model(out: Path, args) -> int:
     return total
 
 
-def child(part: str, model_dir: str, samples: int, seq_len: int, batch_size: int) -> dict:
+def child(part: str, model_dir: str, samples: int, seq_len: int, batch_size: int, dtype: str = "float32",
+          max_full: int = 8192) -> dict:
     import torch
     import transformers  # noqa: F401
 
@@ -113,15 +115,16 @@ def child(part: str, model_dir: str, samples: int, seq_len: int, batch_size: int
     ids = torch.randint(0, src.config.vocab_size, (samples, seq_len), generator=torch.Generator().manual_seed(0))
     trace = RssTrace()
     t0 = time.perf_counter()
-    eng = LayerwiseEngine(src, EngineOptions(device="cpu", batch_size=batch_size, progress=False))
-    eng.run(ids, [ActivationStats(), ImportanceObserver(), trace])
+    eng = LayerwiseEngine(src, EngineOptions(device="cpu", batch_size=batch_size, progress=False,
+                                             dtype=getattr(torch, dtype)))
+    eng.run(ids, [ActivationStats(max_full=max_full), ImportanceObserver(), trace])
     return {"part": part, "seconds": time.perf_counter() - t0, "peak_rss_mib": _peak_mib(), "rss_mib": _rss_mib(),
             "rss_at_layer_end_mib": trace.layers, "rss_in_head_stage_mib": trace.head}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=20)
+    ap.add_argument("--layers", type=int, default=22)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--intermediate", type=int, default=5632)
     ap.add_argument("--heads", type=int, default=32)
@@ -130,12 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="engine compute dtype")
+    ap.add_argument("--max-full", type=int, default=8192,
+                    help="ActivationStats: full H for linears up to this many inputs (0: imatrix only)")
     ap.add_argument("--work", default=None, help="model folder (default: a temporary one, removed after)")
     ap.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "memory_bench.json"))
     args = ap.parse_args(argv)
     if args.child:
-        res = child(args.child[0], args.child[1], args.samples, args.seq_len, args.batch_size)
+        res = child(args.child[0], args.child[1], args.samples, args.seq_len, args.batch_size, args.dtype,
+                    args.max_full)
         print("RESULT " + json.dumps(res), flush=True)
         return 0
     from llm_quantizer.io import write_json
@@ -156,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         for part in ("baseline", "engine"):
             cmd = [sys.executable, __file__, "--child", part, str(model_dir), "--samples", str(args.samples),
-                   "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size)]
+                   "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--dtype", args.dtype,
+                   "--max-full", str(args.max_full)]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not line:
@@ -167,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     above = eng["peak_rss_mib"] - base
     share = above * 2**20 / size
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"calibration {args.samples} x {args.seq_len} random ids, batch {args.batch_size}; engine "
-          f"{eng['seconds']:.0f} s; load avg {load}")
+    print(f"calibration {args.samples} x {args.seq_len} random ids, batch {args.batch_size}, compute dtype "
+          f"{args.dtype}, full H up to {args.max_full} inputs; engine {eng['seconds']:.0f} s; load avg {load}")
     print(f"{'':28} {'MiB':>8}")
     print(f"{'model weights (bf16)':28} {size / 2**20:8.0f}")
     print(f"{'baseline peak RSS':28} {base:8.0f}")
@@ -180,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "intermediate": args.intermediate, "vocab": args.vocab,
                                            "weight_bytes": size},
                                  "calibration": [args.samples, args.seq_len], "loadavg": load,
+                                 "dtype": args.dtype, "max_full": args.max_full,
                                  "baseline": rows["baseline"], "engine": eng, "above_baseline_mib": above,
                                  "share_of_model": share})
     print(f"wrote {path}")

@@ -116,11 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cal-samples", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--data", default=os.environ.get("LQ_BENCH_CALIB", CALIB_TEXT))
+    ap.add_argument("--cached-only", action="store_true",
+                    help="plan only the (model, family) pairs already measured; skip the others")
     ap.add_argument("--out", default=str(RESULTS / "plan_real_bench.json"))
     args = ap.parse_args(argv)
     rows, measure_s = [], {}
     for model in args.models:
         for fam in args.families:
+            if args.cached_only and not (measurements_dir(model, fam) / "measurements.json").exists():
+                print(f"skipped {model}-{fam}: not measured yet (--cached-only)")
+                measure_s[f"{model}-{fam}"] = None
+                continue
             meas, secs = ensure_measurements(model, fam, args.cal_samples, args.seq_len, args.data)
             measure_s[f"{model}-{fam}"] = secs
             rows += plan_rows(model, fam, meas)

@@ -37,11 +37,19 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
 
 
 def fill(module: nn.Module, state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """Load ``state`` (keys relative to ``module``) into a meta module, on ``device``."""
-    state = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()}
-    module.load_state_dict(state, strict=True, assign=True)
+    """Load ``state`` (keys relative to ``module``) into a meta module, on ``device``.
+
+    ``state`` is consumed: each source tensor is dropped as soon as it is converted, so the
+    layer is never held twice (source dtype + compute dtype)."""
+    converted = {}
+    for k in list(state):
+        v = state.pop(k)
+        converted[k] = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+        del v
+    module.load_state_dict(converted, strict=True, assign=True)
     if any(b.device != device for b in module.buffers()):
         module.to(device)
+    release_heap()
     return module
 
 

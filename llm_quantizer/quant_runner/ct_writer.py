@@ -54,6 +54,7 @@ class CompressedTensorsWriter:
         except OSError as e:
             raise OutputError(f"cannot create {self.staging}: {e.strerror or e}") from None
         self._buf: dict[str, torch.Tensor] = {}
+        self._buf_bytes = 0
         self._shards: list[tuple[Path, list[str]]] = []
         self.total_bytes = 0
         self.state = "open"
@@ -76,7 +77,8 @@ class CompressedTensorsWriter:
             if k in self._buf or any(k in keys for _, keys in self._shards):
                 raise ValueError(f"tensor {k} written twice")
             self._buf[k] = v.detach().cpu().contiguous()
-        if sum(t.numel() * t.element_size() for t in self._buf.values()) >= self.max_shard_bytes:
+            self._buf_bytes += v.numel() * v.element_size()
+        if self._buf_bytes >= self.max_shard_bytes:
             self._flush()
 
     def _flush(self) -> None:
@@ -86,9 +88,9 @@ class CompressedTensorsWriter:
             return
         path = self.staging / f".part-{len(self._shards):05d}.safetensors"
         save_file(self._buf, str(path), metadata={"format": "pt"})
-        self.total_bytes += sum(t.numel() * t.element_size() for t in self._buf.values())
+        self.total_bytes += self._buf_bytes
         self._shards.append((path, list(self._buf)))
-        self._buf = {}
+        self._buf, self._buf_bytes = {}, 0
 
     # -- finish ------------------------------------------------------------------------------
     def finish(self, config: dict, extras: Optional[Callable[[Path], None]] = None) -> Path:

@@ -80,6 +80,8 @@ def resolve_schemes(source, plan=None, default: Optional[QuantArgs] = None) -> d
             args = args_for_format(fmt)
             if module in known:
                 schemes[module] = args
+            elif weight not in source.tensors:
+                raise ConfigError(f"plan tensor {weight} is not in model {source.name}: was the plan made for it?")
             elif args is not None and not weight.endswith(".bias"):
                 raise ConfigError(f"plan quantizes {weight} to {fmt}: only decoder-layer linears can be "
                                   "quantized by this backend (keep embeddings / lm_head in BF16)")

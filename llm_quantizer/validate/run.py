@@ -86,7 +86,8 @@ def _generated_text(rt: Runtime, tok, n_tokens: int, seed: int) -> str:
 def _labels(paths: Sequence[Path]) -> list[str]:
     out: list[str] = []
     for p in paths:
-        base = re.sub(r"[^A-Za-z0-9._-]+", "_", (p.stem if p.is_file() else p.name) or "model")[:80] or "model"
+        name = p.stem if p.is_file() else p.parent.name if p.name == layout.QUANTIZED else p.name
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", name or "model")[:80] or "model"
         label, n = base, 2
         while label in out:
             label, n = f"{base}-{n}", n + 1

@@ -64,6 +64,7 @@ def test_errors(tiny_llama, tmp_path):
     with pytest.raises(CalibrationError):
         get_backend("gptq").quantize(tiny_llama, None, None, tmp_path,
                                      RunConfig(device="cpu").with_overrides({"gptq.group_size": 32}))
-    with pytest.raises(ConfigError, match="group size 128; use a group size dividing it [(]e.g. 64[)]"):       # config default group 128 > 64 features
+    # the config's default group 128 does not divide the tiny model's 64 features
+    with pytest.raises(ConfigError, match="group size 128; use a group size dividing it [(]e.g. 64[)]"):
         get_backend("awq").quantize(tiny_llama, None, CAL, tmp_path, RunConfig(device="cpu"))
     assert not (tmp_path / "quantized_model").exists()

@@ -130,7 +130,8 @@ def test_act_order_true_sequential_reload(tiny_models, tmp_path):
     src_dir = tiny_models["llama"][0]
     src = open_source(src_dir)
     schemes = resolve_schemes(src, None, QuantArgs(4, 32, True))
-    res = quantize_int(src, "gptq", schemes, IDS, tmp_path / "q", options=GPTQOptions(act_order=True, true_sequential=True),
+    res = quantize_int(src, "gptq", schemes, IDS, tmp_path / "q",
+                       options=GPTQOptions(act_order=True, true_sequential=True),
                        device="cpu", progress=False, keep_fake=True)
     assert _reload_diff(src_dir, res)[0] < 1e-3
 

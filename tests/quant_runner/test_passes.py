@@ -84,7 +84,8 @@ class _Groups(Observer):
 ])
 def test_awq_groups_from_the_layer_map(tiny_models, arch, expected):
     """v -> o is skipped under grouped-query attention (tiny models: 4 heads, 2 kv heads)."""
-    eng = LayerwiseEngine(open_source(tiny_models[arch][0]), EngineOptions(device="cpu", progress=False, run_head=False))
+    opts = EngineOptions(device="cpu", progress=False, run_head=False)
+    eng = LayerwiseEngine(open_source(tiny_models[arch][0]), opts)
     (obs,) = eng.run(IDS[:1], [_Groups()])
     assert obs.groups == expected
 

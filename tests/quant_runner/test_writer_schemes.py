@@ -29,6 +29,7 @@ def test_resolve_from_mapping_and_defaults(tiny_llama):
     ({"model.layers.0.mlp.up_proj.weight": "Q4_K"}, None, "GGUF type"),
     ({"lm_head.weight": "int4_g32"}, QuantArgs(4, 32), "only decoder-layer linears"),
     ({"model.layers.0.mlp.up_proj.weight": "BF16"}, None, "nothing to quantize"),
+    ({"model.layers.9.mlp.up_proj.weight": "int4_g32"}, None, "is not in model"),
     ({"schema_version": 1, "family": "gguf"}, None, "plan is malformed"),
 ])
 def test_resolve_errors_are_one_line(tiny_llama, plan, default, msg):
