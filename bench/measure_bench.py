@@ -114,7 +114,8 @@ def child(part: str, args) -> dict:
             obs.append(ErrorProbe(DEFAULT_FORMATS[args.family]))
         timed = [Timed(o) for o in obs]
         t0, c0 = time.perf_counter(), _cpu_s()
-        eng = LayerwiseEngine(src, EngineOptions(device="cpu", batch_size=args.batch_size, progress=False))
+        eng = LayerwiseEngine(src, EngineOptions(device="cpu", batch_size=args.batch_size, progress=False,
+                                                 low_memory=not args.no_low_memory))
         eng.run(ids, timed)
         info["seconds"], info["cpu_s"] = time.perf_counter() - t0, _cpu_s() - c0
         info["observer_s"] = {t.name: t.seconds for t in timed}
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="OMP_WAIT_POLICY of the parts (PASSIVE: libgomp threads sleep instead of spinning at "
                          "barriers; on a shared, oversubscribed machine spinning makes small torch ops ~20x "
                          "slower). 'inherit' keeps this shell's environment")
+    ap.add_argument("--no-low-memory", action="store_true", help="EngineOptions(low_memory=False)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "measure_bench.json"))
     args = ap.parse_args(argv)
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         load_before = _loadavg()
         cmd = [sys.executable, __file__, "--child", part, "--model", args.model, "--samples", str(args.samples),
                "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--family", args.family]
+        cmd += ["--no-low-memory"] if args.no_low_memory else []
         env = dict(os.environ)
         if args.omp_wait_policy != "inherit":
             env["OMP_WAIT_POLICY"] = args.omp_wait_policy
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['part']}: layer compute + loading {rest:.1f} s; observers: {parts}")
     path = write_json(args.out, {"model": args.model, "samples": args.samples, "seq_len": args.seq_len,
                                  "batch_size": args.batch_size, "family": args.family, "cpu_count": os.cpu_count(),
-                                 "omp_wait_policy": args.omp_wait_policy,
+                                 "omp_wait_policy": args.omp_wait_policy, "low_memory": not args.no_low_memory,
                                  "rows": rows})
     print(f"wrote {path}")
     return 0

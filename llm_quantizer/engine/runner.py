@@ -15,7 +15,7 @@ from torch import nn
 from ..model.source import ModelSource
 from .capture import capture_layer_inputs
 from .observers.base import FinalContext, LayerContext, Observer
-from .skeleton import build_skeleton, empty, fill, load_module, resolve_device
+from .skeleton import build_skeleton, empty, fill, fix_mmap_threshold, load_module, resolve_device
 
 
 @dataclass
@@ -25,6 +25,7 @@ class EngineOptions:
     batch_size: int = 4
     progress: bool = True
     run_head: bool = True            # final norm + lm_head stage for observers' finish()
+    low_memory: bool = True          # fixed glibc mmap threshold: no heap fragmentation (skeleton.py)
 
 
 # A layer transform may change a layer's weights after observation (GPTQ, AWQ):
@@ -37,6 +38,8 @@ class LayerwiseEngine:
         self.source = source
         self.opts = options or EngineOptions()
         self.device = resolve_device(self.opts.device)
+        if self.opts.low_memory:
+            fix_mmap_threshold()
         self.lm = source.layer_map
         self.model = build_skeleton(source, self.opts.dtype)
         self.layers: nn.ModuleList = self.model.get_submodule(self.lm.layers_path)

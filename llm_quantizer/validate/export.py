@@ -91,7 +91,8 @@ def write_llama_script(path, entries: Sequence[tuple[str, str, SamplerSettings, 
     """``entries``: (label, gguf path, settings, rates line). One entry: the script runs it;
     several: the first argument picks the label. Extra arguments go to llama-cli."""
     q = shlex.quote
-    head = ["#!/usr/bin/env bash", comment("Repetition-safe sampling for llama.cpp's llama-cli, measured by llm-quantizer validate."),
+    head = ["#!/usr/bin/env bash",
+            comment("Repetition-safe sampling for llama.cpp's llama-cli, measured by llm-quantizer validate."),
             comment("Override the binary with LLAMA_CLI=/path/to/llama-cli.")]
     head += [comment(e[3]) for e in entries if e[3]]
     head += ["set -euo pipefail", 'LLAMA_CLI="${LLAMA_CLI:-llama-cli}"']

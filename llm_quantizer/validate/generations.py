@@ -67,7 +67,8 @@ def repetition_summary(gens: Sequence[Sequence[int]], stop: frozenset[int] = fro
     """Mean repeated n-gram share over the generations (``rate``) and companions."""
     stats = [repetition_stats(_body(g, stop), n) for g in gens]
     if not stats:
-        return {"rate": 0.0, "distinct_2": 0.0, "longest_span_mean": 0.0, "longest_span_max": 0, "tokens_mean": 0.0, "n": n}
+        return {"rate": 0.0, "distinct_2": 0.0, "longest_span_mean": 0.0, "longest_span_max": 0, "tokens_mean": 0.0,
+                "n": n}
     return {"rate": float(np.mean([s.repeated_ngram_share for s in stats])),
             "distinct_2": float(np.mean([s.distinct_2 for s in stats])),
             "longest_span_mean": float(np.mean([s.longest_repeated_span for s in stats])),
@@ -76,7 +77,8 @@ def repetition_summary(gens: Sequence[Sequence[int]], stop: frozenset[int] = fro
             "per_prompt": [round(s.repeated_ngram_share, 4) for s in stats], "n": n}
 
 
-def side_by_side(tokenizer, ps: PromptSet, original: Sequence[Sequence[int]], **others: Sequence[Sequence[int]]) -> list[dict]:
+def side_by_side(tokenizer, ps: PromptSet, original: Sequence[Sequence[int]],
+                 **others: Sequence[Sequence[int]]) -> list[dict]:
     """Per prompt: the prompt and each model's decoded generation (stop token dropped)."""
     def text(g):
         return tokenizer.decode(_body(g, ps.stop_ids), skip_special_tokens=False)

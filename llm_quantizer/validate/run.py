@@ -7,7 +7,6 @@ artifact, and ``quantization_plan/prevent_repetition.sh`` for the GGUF artifacts
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from pathlib import Path
@@ -50,10 +49,6 @@ class ValidateOptions(BaseModel):
 
 def _grid(opt: ValidateOptions) -> list[SamplerSettings]:
     return [SamplerSettings.from_dict(d) for d in opt.grid] if opt.grid else list(DEFAULT_GRID)
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def eval_text(eval_files: Sequence, calibration_files: Sequence = ()) -> tuple[str, list[dict]]:
@@ -156,9 +151,10 @@ def validate(original, artifact_paths: Sequence, eval_files: Optional[Sequence],
         kld_tokens.append(t_tok)
     report = {"version": 1, "original": orig,
               "eval": {**ew.describe(), "files": eval_sources, "score": opt.score,
-                       "convention": "llama-perplexity: BOS-replaced windows, scored from ctx//2" if opt.score == "half"
-                       else "every position of each window", "kld": f"kept: top {opt.topk} and log-p >= {opt.kld_floor} (mean {base.kept_mean:.0f} "
-                              "per token); the rest lumped (a lower bound)"},
+                       "convention": ("llama-perplexity: BOS-replaced windows, scored from ctx//2"
+                                      if opt.score == "half" else "every position of each window"),
+                       "kld": (f"kept: top {opt.topk} and log-p >= {opt.kld_floor} (mean {base.kept_mean:.0f} per "
+                               "token); the rest lumped (a lower bound)")},
               "options": opt.model_dump(), "artifacts": records, "comparison": comparison(records),
               "seconds": round(time.time() - t0, 1)}
     _write_exports(out, vdir, records, grid, src)

@@ -181,7 +181,9 @@ def penalized_scores(logits: torch.Tensor, ids: Sequence[int], first: int, s: Sa
         rows = torch.stack([penalize(rows[i], ids[:first + i + 1], s) for i in range(len(rows))])
     target = torch.tensor(ids[first + 1:], dtype=torch.long)[:, None]
     nll = -torch.log_softmax(rows.double(), -1).gather(1, target)[:, 0]
-    nll_t = nll if s.greedy or s.temperature == 1 else -torch.log_softmax(rows.double() / s.temperature, -1).gather(1, target)[:, 0]
+    nll_t = nll
+    if not s.greedy and s.temperature != 1:
+        nll_t = -torch.log_softmax(rows.double() / s.temperature, -1).gather(1, target)[:, 0]
     return nll, nll_t, _kept(rows, target[:, 0], s)
 
 
