@@ -1,0 +1,148 @@
+"""The codec interface every GGUF block encoder implements (legacy 32-wide types and K-quants).
+
+Math only: torch tensors in, torch tensors (or packed numpy bytes) out, vectorized over rows and
+blocks, on whatever device ``w`` lives on. No I/O.
+
+Shapes: ``w`` is [R, C] float32 laid out as ggml sees it (a Linear weight [out, in]); C is a
+multiple of ``block``. ``qw`` is the importance (llama.cpp's ``quant_weights``, i.e. the imatrix
+= diag of the input Hessian), [C] float32 or None. Without it llama.cpp takes a different code
+path for most types; codecs reproduce both.
+
+Two ways to use a codec:
+
+* ``encode(w, qw)`` -> uint8 [R, C // block * type_size]: byte for byte what
+  ``ggml_quantize_chunk`` writes (same codes, same scales).
+* The decomposition used by error feedback (``feedback.py``), with the params held fixed while
+  the codes are re-chosen column by column on error-updated weights:
+    p = codec.params(w_span, qw_span)        # per-block scales/mins, llama.cpp's search
+    codes, deq = codec.quantize(x, p, cols)  # nearest codes for columns ``cols`` of the span
+    raw = codec.pack(codes_all, p_all)       # exact block bytes
+  ``params`` returns a dict of tensors, each shaped [R, nblocks, ...]; params of consecutive
+  column spans concatenate along dim 1 (``cat_params``). ``deq`` is what the runtime computes
+  (scales rounded to fp16 as stored). ``quantize(w, params(w, qw), arange(C))`` packs to the
+  same bytes as ``encode`` wherever llama.cpp's codes are nearest-rounding codes for its own
+  scales (all non-imatrix paths); where llama.cpp refines codes one by one inside its search
+  (e.g. ``make_qx_quants``) ``encode`` is the exact one.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+Params = dict[str, torch.Tensor]
+
+
+class Codec(ABC):
+    """One ggml block type. Subclasses set the class attributes and the three methods."""
+
+    name: str = ""        # ggml type name, e.g. "Q4_0" (gguf.GGMLQuantizationType[name])
+    block: int = 0        # weights per block (32 legacy, 256 K-quants)
+    type_size: int = 0    # bytes per block
+    group: int = 0        # columns sharing one scale inside a block (== block for legacy types)
+    needs_imatrix: bool = False
+
+    # ---- the decomposition ---------------------------------------------------------------
+    @abstractmethod
+    def params(self, w: torch.Tensor, qw: torch.Tensor | None) -> Params:
+        """Per-block parameters for w [R, C] (C % block == 0): tensors [R, C // block, ...]."""
+
+    @abstractmethod
+    def quantize(self, x: torch.Tensor, p: Params, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes (int32, [R, n]) and dequantized values (float32, [R, n]) of x [R, n], where
+        column j of x is column ``cols[j]`` of the span ``p`` was computed for."""
+
+    @abstractmethod
+    def pack(self, codes: torch.Tensor, p: Params) -> np.ndarray:
+        """Block bytes from codes [R, C] and params over the whole row: uint8 [R, C//block*type_size]."""
+
+    # ---- conveniences --------------------------------------------------------------------
+    def encode(self, w: torch.Tensor, qw: torch.Tensor | None = None) -> np.ndarray:
+        """Exact llama.cpp bytes (nearest rounding, no feedback)."""
+        w = check_rows(self, w)
+        qw = None if qw is None else torch.as_tensor(qw, dtype=torch.float32, device=w.device).reshape(-1)
+        p = self.params(w, qw)
+        codes, _ = self.quantize(w, p, torch.arange(w.shape[1], device=w.device))
+        return self.pack(codes, p)
+
+    def fake_quantize(self, w: torch.Tensor, qw: torch.Tensor | None = None) -> torch.Tensor:
+        """Dequantized nearest-rounding weights (what ``decode(encode(w))`` gives)."""
+        w = check_rows(self, w)
+        qw = None if qw is None else torch.as_tensor(qw, dtype=torch.float32, device=w.device).reshape(-1)
+        return self.quantize(w, self.params(w, qw), torch.arange(w.shape[1], device=w.device))[1]
+
+    def row_size(self, n_per_row: int) -> int:
+        return n_per_row // self.block * self.type_size
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} block={self.block} bytes={self.type_size}>"
+
+
+def check_rows(codec: Codec, w) -> torch.Tensor:
+    w = torch.as_tensor(w)
+    if w.dim() != 2:
+        w = w.reshape(-1, w.shape[-1])
+    if w.shape[1] % codec.block:
+        raise ValueError(f"{codec.name} needs rows of a multiple of {codec.block} values, got {w.shape[1]}")
+    return w.to(torch.float32)
+
+
+def cat_params(parts: list[Params]) -> Params:
+    """Params of consecutive column spans -> params of the joined span (concat on the block dim)."""
+    return {k: torch.cat([p[k] for p in parts], dim=1) for k in parts[0]}
+
+
+def block_view(x: torch.Tensor, block: int) -> torch.Tensor:
+    """[R, C] -> [R, C // block, block] (a view when contiguous)."""
+    return x.reshape(x.shape[0], x.shape[1] // block, block)
+
+
+# ---- byte helpers shared by codecs ---------------------------------------------------------
+def fp16_bytes(x: torch.Tensor) -> np.ndarray:
+    """float tensor [...] -> uint8 [..., 2] (IEEE half, little endian, round to nearest even,
+    the same conversion as ggml's GGML_FP32_TO_FP16 on x86 F16C / ARM)."""
+    h = x.detach().to(torch.float16).cpu().numpy()
+    return h.view(np.uint8).reshape(*h.shape, 2)
+
+
+def to_numpy_u8(x: torch.Tensor) -> np.ndarray:
+    return x.detach().to(torch.uint8).cpu().numpy()
+
+
+# ---- registry ------------------------------------------------------------------------------
+CODECS: dict[str, Codec] = {}
+
+
+def register(cls: type[Codec]) -> type[Codec]:
+    """Class decorator: register one instance under ``cls.name``; rejects duplicates."""
+    if not cls.name or cls.name in CODECS:
+        raise ValueError(f"codec name {cls.name!r} missing or already registered")
+    CODECS[cls.name] = cls()
+    return cls
+
+
+def get_codec(name) -> Codec:
+    """Codec by ggml type name or GGMLQuantizationType ("Q4_K", QT.Q4_K)."""
+    key = getattr(name, "name", str(name)).upper()
+    _load_all()
+    if key not in CODECS:
+        raise KeyError(f"no encoder for {key}; have {sorted(CODECS)}")
+    return CODECS[key]
+
+
+def has_codec(name) -> bool:
+    _load_all()
+    return getattr(name, "name", str(name)).upper() in CODECS
+
+
+def _load_all() -> None:
+    """Import the codec modules so their @register lines run (missing ones are skipped)."""
+    import importlib
+
+    for mod in ("legacy", "kquants", "k_quants", "q2k", "q3k", "q4k", "q5k", "q6k"):
+        try:
+            importlib.import_module(f"{__package__}.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{mod}":
+                raise
