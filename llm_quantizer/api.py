@@ -7,7 +7,6 @@ from pathlib import Path
 from . import layout
 from .analyze import analyze_source, plot_layer_distribution
 from .config import RunConfig
-from .errors import NotBuiltYetError
 from .io import ensure_dir, write_json
 from .model import ModelSource, open_source
 
@@ -42,10 +41,6 @@ def analyze(model, output_dir: str | Path | None = None, plot: bool = True) -> A
         if plot:
             result.plot_path = plot_layer_distribution(report, layout.architecture_png(out))
     return result
-
-
-def _pending(stage: str):
-    raise NotBuiltYetError(f"stage '{stage}' is not built yet in this version")
 
 
 def calibrate(model, output_dir: str | Path, data=None, generate: bool = False, samples: int = 128,
@@ -157,8 +152,60 @@ def quantize(model, output_dir: str | Path, backend: str = "gguf", plan="saved",
     return be.quantize(src, None if uniform else plan, calibration, out, config or RunConfig())
 
 
-def validate(*args, **kwargs):
-    _pending("validate")
+def default_eval_data() -> list[str]:
+    """The built-in corpus' eval split (disjoint from its calibration split) when installed;
+    otherwise none, and validation samples held-out text from the original."""
+    from .calibrate.builtin import available
+
+    return ["builtin:wiki-en:eval"] if available() else []
+
+
+def find_artifacts(output_dir: str | Path) -> list[Path]:
+    """The quantized model a run wrote under ``output_dir/quantized_model``."""
+    from .errors import ConfigError
+    from .validate.runtime import artifact_gguf
+
+    qdir = Path(output_dir) / layout.QUANTIZED
+    if qdir.is_dir() and ((qdir / "config.json").exists() or artifact_gguf(qdir) is not None):
+        return [qdir]
+    raise ConfigError(f"no quantized model in {qdir}: run `llm-quantizer quantize` first, or name the artifacts")
+
+
+def validate(model, output_dir: str | Path, artifacts=None, eval_data=None, options=None,
+             config: RunConfig | None = None, **overrides) -> dict:
+    """Perplexity, KL divergence to the original, sample generations, repetition and the sampler
+    settings that prevent it, for each artifact (GGUF file or HF directory; default: the run's
+    quantized model); writes ``output_dir/validation/`` and the runtime exports. Returns the
+    report (``report["comparison"]``: one row per artifact, smallest first)."""
+    from .validate import ValidateOptions
+    from .validate import validate as run_validation
+
+    cfg = config or RunConfig()
+    v = cfg.validation
+    if options is None:
+        options = ValidateOptions(ctx=v.ctx, max_eval_tokens=v.eval_tokens, prompts=v.prompts,
+                                  max_new_tokens=v.max_new_tokens, generations=v.generations,
+                                  search=v.repetition_search, seed=cfg.calibration.seed,
+                                  device=_validation_device(cfg.device))
+    arts = list(artifacts) if artifacts else find_artifacts(output_dir)
+    files = list(eval_data if eval_data is not None else (v.eval_data or default_eval_data()))
+    if not options.calibration_files:
+        options = options.model_copy(update={"calibration_files": _calibration_files(output_dir, cfg)})
+    return run_validation(_source(model), arts, files, output_dir, options, **overrides)
+
+
+def _validation_device(device: str) -> str:
+    from .engine.skeleton import resolve_device
+
+    return str(resolve_device(device))
+
+
+def _calibration_files(output_dir, cfg: RunConfig) -> list[str]:
+    """The calibration text of this run (validation refuses to score on it)."""
+    c = cfg.calibration
+    if c.generate:
+        return []
+    return list(c.data) or (["builtin:wiki-en"] if default_eval_data() else [])
 
 
 def report(output_dir: str | Path) -> Path:

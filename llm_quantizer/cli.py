@@ -38,6 +38,15 @@ CONFIG_FLAGS: list[tuple[tuple[str, ...], str, object, str]] = [
     (("--awq-bits",), "awq.bits", int, "AWQ bits when no plan is used"),
     (("--awq-group-size",), "awq.group_size", int, "AWQ group size"),
     (("--awq-zero-point",), "awq.zero_point", "optbool", "AWQ zero point (true/false)"),
+    (("--skip-validation",), "skip_validation", _BOOL, "run: stop after quantize and report"),
+    (("--eval-data",), "validation.eval_data", "list",
+     "held-out text for perplexity / KLD (default: builtin:wiki-en:eval, never the calibration text)"),
+    (("--eval-tokens",), "validation.eval_tokens", int, "tokens of held-out text to score"),
+    (("--eval-ctx",), "validation.ctx", int, "perplexity / KLD window (tokens)"),
+    (("--max-new-tokens",), "validation.max_new_tokens", int, "tokens per sample generation"),
+    (("--generations",), "validation.generations", "optbool", "sample generations and repetition (true/false)"),
+    (("--repetition-search",), "validation.repetition_search", "optbool",
+     "search sampler settings that prevent repetition (true/false)"),
 ]
 
 
@@ -155,17 +164,20 @@ def _cmd_quantize(ns, cfg: RunConfig) -> int:
     return 0
 
 
-def _cmd_report(ns, cfg: RunConfig) -> int:
-    print(f"wrote {api.report(cfg.output_dir)}")
+def _cmd_validate(ns, cfg: RunConfig) -> int:
+    from .validate import format_table
+
+    rep = api.validate(_need_model(cfg), cfg.output_dir, artifacts=getattr(ns, "artifacts", None), config=cfg)
+    o = rep["original"]
+    print(f"original {o['name']}: ppl {o['ppl']:.4g} on {rep['eval']['scored_tokens']:,} tokens")
+    print(format_table(rep["comparison"]))
+    print(f"wrote {cfg.output_dir}/validation/")
     return 0
 
 
-def _stage(name: str) -> Callable:
-    def cmd(ns, cfg: RunConfig) -> int:
-        getattr(api, name)(cfg)
-        return 0
-
-    return cmd
+def _cmd_report(ns, cfg: RunConfig) -> int:
+    print(f"wrote {api.report(cfg.output_dir)}")
+    return 0
 
 
 COMMANDS: dict[str, tuple[Callable, str]] = {
@@ -174,7 +186,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "measure": (_cmd_measure, "stream calibration data layer by layer and measure"),
     "plan": (_cmd_plan, "choose per-tensor formats for a budget"),
     "quantize": (_cmd_quantize, "write the quantized model with a backend"),
-    "validate": (_stage("validate"), "perplexity, KL divergence, generations, repetition"),
+    "validate": (_cmd_validate, "perplexity, KL divergence, generations, repetition"),
     "report": (_cmd_report, "one HTML page of the run"),
     "run": (_cmd_run, "the whole pipeline"),
     "methods": (_cmd_methods, "list the backend registry"),
@@ -189,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         add_config_flags(sp, model_positional=name != "methods")
+        if name == "validate":
+            sp.add_argument("--artifacts", nargs="+", metavar="PATH", default=None,
+                            help="quantized models to compare (.gguf files or HF directories; "
+                                 "default: OUT/quantized_model)")
     return p
 
 

@@ -42,6 +42,17 @@ class AWQOptions(_Strict):
     zero_point: bool = True
 
 
+class ValidationConfig(_Strict):
+    eval_data: list[str] = Field(default_factory=list, description="held-out text files; default: the built-in "
+                                 "corpus' eval split when installed, else text sampled from the original")
+    ctx: int = Field(512, ge=16)
+    eval_tokens: int = Field(4096, ge=16)
+    prompts: Optional[list[str]] = None          # None: the built-in validation prompts
+    max_new_tokens: int = Field(96, ge=1)
+    generations: bool = True
+    repetition_search: bool = True
+
+
 class PlanOptions(_Strict):
     formats: Optional[list[str]] = None          # candidate formats; None: the measured ones
     keep: list[str] = Field(default_factory=list)  # "REGEX=FORMAT" pins
@@ -59,11 +70,13 @@ class RunConfig(_Strict):
     device: str = "auto"
     skip_architecture: bool = False
     skip_importance: bool = False
+    skip_validation: bool = False
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     plan: PlanOptions = Field(default_factory=PlanOptions)
     gguf: GGUFOptions = Field(default_factory=GGUFOptions)
     gptq: GPTQOptions = Field(default_factory=GPTQOptions)
     awq: AWQOptions = Field(default_factory=AWQOptions)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"

@@ -37,11 +37,20 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp makes 0600; give the final file the mode a plain open() would (0666 & ~umask),
+        # keeping execute bits a writer set on purpose (scripts)
+        os.chmod(tmp_path, (0o666 & ~_umask()) | (tmp_path.stat().st_mode & 0o111))
         os.replace(tmp_path, final)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(final: str | os.PathLike, text: str) -> Path:

@@ -131,10 +131,32 @@ def run_pipeline(cfg: RunConfig, force: bool = False, log: Callable[[str], None]
 
 
 def _after_quantize(src, out, cfg, st, results) -> dict:
-    st.log("[validate] not wired into run yet: skipped")
+    if cfg.skip_validation:
+        st.log("[validate] skipped (--skip-validation)")
+    else:
+        key = {"quantize": st.output_digest("quantize"), "validation": cfg.validation.model_dump(),
+               "seed": cfg.calibration.seed, "eval": _eval_digest(cfg)}
+        st.run("validate", key, lambda: _validate(src, out, cfg, results, st.log))
     results["report"] = api.report(out)
     st.log(f"[report] wrote {results['report']}")
     return results
+
+
+def _eval_digest(cfg) -> dict:
+    files = cfg.validation.eval_data or api.default_eval_data()
+    return {f: [file_digest(p) for p in _data_files(Path(f))] or f for f in files}
+
+
+def _validate(src, out, cfg, results, log) -> list[Path]:
+    rep = api.validate(src, out, config=cfg)
+    results["validate"] = rep
+    for row in rep["comparison"]:
+        rate = row.get("rep_before")
+        st = "" if rate is None else f", repetition {rate:.3f} (original {rep['original'].get('repetition_rate', 0):.3f})"
+        log(f"[validate] {row['label']}: ppl {row['ppl']:.4g} (original {rep['original']['ppl']:.4g}), "
+              f"mean KLD {row['kld_mean']:.4g}, same top {row['same_top_pct']:.1f}%{st}")
+    vdir = out / layout.VALIDATION
+    return [p for p in vdir.rglob("*") if p.is_file() and not p.name.startswith(".")]
 
 
 def _family(backend: str) -> str:

@@ -61,6 +61,13 @@ def test_interrupted_run_resumes(tiny_run_inputs, tmp_path, monkeypatch):
     assert [t["format"] for t in plans[0]["tensors"]] == [t["format"] for t in plans[1]["tensors"]]
     assert plans[0]["totals"]["bytes"] == plans[1]["totals"]["bytes"]
 
+    val = json.loads((out / "validation/validation.json").read_text())
+    (art,) = val["artifacts"]
+    assert art["path"].endswith("quantized_model") and art["kld_mean"] > 0 and 0 < art["same_top_pct"] <= 100
+    assert val["eval"]["files"][0]["path"] != str(root / "calib.txt")
+    assert (out / "report.html").exists() and "KL" in (out / "report.html").read_text()
+    assert oct((out / "run_config.json").stat().st_mode & 0o777) != oct(0o600)   # not mkstemp's private mode
+
     log.clear()
     pipeline.run_pipeline(_cfg(root, out), log=log.append)
     assert all("skipped" in m or m.startswith("[report]") for m in log), log

@@ -36,8 +36,13 @@ def split_of(title: str) -> str:
 
 
 def load_builtin(ref: str, split: str = "calib") -> Documents:
-    """``builtin:wiki-en`` (or wiki-fr, wiki-es); ``split`` is "calib" or "eval"."""
+    """``builtin:wiki-en`` (or wiki-fr, wiki-es); ``split`` is "calib" or "eval", or given in the
+    reference itself: ``builtin:wiki-en:eval``."""
     name = str(ref)[len(PREFIX):] if is_builtin(ref) else str(ref)
+    name, _, named_split = name.partition(":")
+    split = named_split or split
+    if split not in ("calib", "eval"):
+        raise CalibrationError(f"unknown split {split!r} of {ref!r}; use :calib or :eval")
     if name not in NAMES:
         raise CalibrationError(f"unknown built-in corpus {ref!r}; available: "
                                + ", ".join(PREFIX + n for n in NAMES))
@@ -45,6 +50,8 @@ def load_builtin(ref: str, split: str = "calib") -> Documents:
     data = json.loads(path.read_text(encoding="utf-8"))
     texts = [v["extract"].strip() for title, v in sorted(data.items())
              if split_of(title) == split and v.get("extract", "").strip()]
-    src = {"path": f"{PREFIX}{name}", "split": split, "documents": len(texts),
-           "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    # the split is part of the identity: calib and eval come from one file but share no text
+    digest = hashlib.sha256(path.read_bytes() + f"\0split={split}".encode()).hexdigest()
+    src = {"path": f"{PREFIX}{name}" + (":eval" if split == "eval" else ""), "split": split,
+           "documents": len(texts), "sha256": digest}
     return Documents(texts, [src])
