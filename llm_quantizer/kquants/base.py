@@ -72,6 +72,10 @@ class Codec(ABC):
         qw = None if qw is None else torch.as_tensor(qw, dtype=torch.float32, device=w.device).reshape(-1)
         return self.quantize(w, self.params(w, qw), torch.arange(w.shape[1], device=w.device))[1]
 
+    def row_context(self, w: torch.Tensor) -> dict:
+        """Whole-row statistics ``params`` needs when it is given a column span (see module doc)."""
+        return {}
+
     def row_size(self, n_per_row: int) -> int:
         return n_per_row // self.block * self.type_size
 
@@ -96,6 +100,16 @@ def cat_params(parts: list[Params]) -> Params:
 def block_view(x: torch.Tensor, block: int) -> torch.Tensor:
     """[R, C] -> [R, C // block, block] (a view when contiguous)."""
     return x.reshape(x.shape[0], x.shape[1] // block, block)
+
+
+def sqrt_f32(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded fp32 sqrt (C sqrtf): sqrt in fp64, rounded once to fp32."""
+    return torch.sqrt(x.double()).float()
+
+
+def rdiv(c: float, x: torch.Tensor) -> torch.Tensor:
+    """c / x correctly rounded (torch's ``float / tensor`` multiplies by the reciprocal)."""
+    return torch.full_like(x, c) / x
 
 
 # ---- byte helpers shared by codecs ---------------------------------------------------------
