@@ -1,0 +1,635 @@
+"""K-quant block encoders (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K), byte-exact with llama.cpp.
+
+The searches mirror ggml-quants.c (``quantize_row_qN_K_ref`` without an importance matrix,
+``quantize_row_qN_K_impl`` with one) operation by operation in float32: every sum is accumulated
+in the same sequence (a Python loop over the 16/32 elements of a sub-block, vectorized over all
+sub-blocks), products are evaluated in C's left-to-right order, ``nearest_int`` is the
+12582912 bit trick, divisions are true tensor/tensor divisions (torch turns ``tensor / scalar``
+into a multiply by the reciprocal on CUDA and ``scalar / tensor`` into ``reciprocal() * scalar``).
+libggml-base is built for baseline x86-64 (no FMA contraction), which is what makes this work.
+
+Layout inside the searches: a sub-block tensor is [n, N] (element first, N = sub-blocks in
+superblock-major order) so that each step of a sequential sum is one contiguous [N] op.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Codec, Params, check_rows, fp16_bytes, register
+
+QK = 256
+_EPS = float(np.float32(1e-15))      # GROUP_MAX_EPS
+_MAX_ELEMS = 1 << 22                 # sub-block elements per search chunk (memory bound)
+
+
+def _f32(v) -> float:
+    return float(np.float32(v))
+
+
+def nearest_int(v: torch.Tensor) -> torch.Tensor:
+    """llama.cpp's nearest_int: (v + 1.5*2^23) bit trick (round half to even for |v| < 2^22)."""
+    return ((v + 12582912.0).view(torch.int32) & 0x7FFFFF) - 0x400000
+
+
+def _div(a, b) -> torch.Tensor:
+    """IEEE float32 a / b with both operands as tensors (see the module docstring)."""
+    if not torch.is_tensor(a):
+        a = torch.full_like(b, _f32(a))
+    if not torch.is_tensor(b):
+        b = torch.full_like(a, _f32(b))
+    return torch.div(a, b)
+
+
+def _sqrt(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded float32 sqrtf (torch's float32 CPU sqrt is off by an ulp for ~17 % of
+    inputs; sqrt in float64 rounded to float32 is exact)."""
+    return torch.sqrt(x.double()).float()
+
+
+def _seq(t: torch.Tensor, start_zero: bool = True) -> torch.Tensor:
+    """Sum over dim -2 of t [..., n, N] in index order, float32, as ``s = 0; s += t[i]``."""
+    acc = torch.zeros_like(t[..., 0, :]) + t[..., 0, :] if start_zero else t[..., 0, :].clone()
+    for i in range(1, t.shape[-2]):
+        acc += t[..., i, :]
+    return acc
+
+
+def _absmax_first(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """amax = max |x|, max = the signed value of the first element reaching it (strict >)."""
+    amax = torch.zeros_like(x[0])
+    mx = torch.zeros_like(x[0])
+    for i in range(x.shape[0]):
+        ax = x[i].abs()
+        up = ax > amax
+        amax = torch.where(up, ax, amax)
+        mx = torch.where(up, x[i], mx)
+    return amax, mx
+
+
+def _scan_max(x: torch.Tensor) -> torch.Tensor:
+    """``m = 0; if (x[i] > m) m = x[i]`` over dim 0."""
+    m = torch.zeros_like(x[0])
+    for i in range(x.shape[0]):
+        m = torch.where(x[i] > m, x[i], m)
+    return m
+
+
+# ---- ggml-quants.c searches, vectorized over sub-blocks ------------------------------------
+def make_qkx(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool):
+    """make_qkx2_quants / make_qkx3_quants (same arithmetic when weights are given).
+
+    x, w [n, N] -> scale [N], the_min [N] (>= 0, subtracted), L [n, N] int32 codes."""
+    n = x.shape[0]
+    mn = x[0].clone()
+    mx = x[0].clone()
+    for i in range(1, n):
+        mn = torch.where(x[i] < mn, x[i], mn)
+        mx = torch.where(x[i] > mx, x[i], mx)
+    sum_w = _seq(w, start_zero=False)
+    sum_x = _seq(w * x, start_zero=False)
+    mn = torch.where(mn > 0, torch.zeros_like(mn), mn)
+    zero = mx <= mn
+    mx = torch.where(zero, mn + 1, mx)          # keep the dead lanes finite
+    iscale = _div(float(nmax), mx - mn)
+    scale = _div(1.0, iscale)
+    L = nearest_int(iscale * (x - mn)).clamp_(0, nmax)
+
+    def error(sc, mi, lv):
+        diff = (sc * lv.float() + mi) - x
+        diff = diff.abs() if use_mad else diff * diff
+        return _seq(w * diff)
+
+    best = error(scale, mn, L)
+    for step in range(nstep + 1):
+        c = np.float32(rmin) + np.float32(rdelta) * np.float32(step) + np.float32(nmax)
+        isc = _div(float(c), mx - mn)
+        la = nearest_int(isc * (x - mn)).clamp_(0, nmax)
+        lf = la.float()
+        wl = w * lf
+        s = _seq(torch.stack((wl, wl * lf, wl * x)))
+        sum_l, sum_l2, sum_xl = s[0], s[1], s[2]
+        D = sum_w * sum_l2 - sum_l * sum_l
+        this_scale = _div(sum_w * sum_xl - sum_x * sum_l, D)
+        this_min = _div(sum_l2 * sum_x - sum_l * sum_xl, D)
+        pos = this_min > 0
+        this_min = torch.where(pos, torch.zeros_like(this_min), this_min)
+        this_scale = torch.where(pos, _div(sum_xl, sum_l2), this_scale)
+        cur = error(this_scale, this_min, la)
+        up = (D > 0) & (cur < best)
+        best = torch.where(up, cur, best)
+        scale = torch.where(up, this_scale, scale)
+        mn = torch.where(up, this_min, mn)
+        L = torch.where(up, la, L)
+    scale = torch.where(zero, torch.zeros_like(scale), scale)
+    L = torch.where(zero, torch.zeros_like(L), L)
+    return scale, -mn, L
+
+
+def _qx_weights(x, qw, rmse_type):
+    if qw is not None:
+        return qw
+    assert rmse_type == 1
+    return x * x
+
+
+def make_qx_quants(x, nmax: int, qw=None):
+    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw): x [n, N] -> scale [N], L [n, N] (+nmax)."""
+    w = _qx_weights(x, qw, 1)
+    amax, mx = _absmax_first(x)
+    zero = amax < _EPS
+    mx = torch.where(zero, torch.ones_like(mx), mx)
+
+    def sums(isc):
+        l = nearest_int(isc * x).clamp_(-nmax, nmax - 1)
+        lf = l.float()
+        wl = w * lf
+        s = _seq(torch.stack((w * x * lf, wl * lf)))
+        return l, s[0], s[1]
+
+    L, sumlx, suml2 = sums(_div(float(-nmax), mx))
+    scale = torch.where(suml2 != 0, _div(sumlx, suml2), torch.zeros_like(sumlx))
+    best = scale * sumlx
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        c = -(np.float32(nmax) + np.float32(0.1) * np.float32(step))
+        l, slx, sl2 = sums(_div(float(c), mx))
+        up = (sl2 > 0) & (slx * slx > best * sl2)
+        L = torch.where(up, l, L)
+        scale = torch.where(up, _div(slx, sl2), scale)
+        best = torch.where(up, scale * slx, best)
+    L = torch.where(zero, torch.zeros_like(L), L + nmax)
+    scale = torch.where(zero, torch.zeros_like(scale), scale)
+    return scale, L
+
+
+def make_q3_quants(x, nmax: int):
+    """make_q3_quants(n, nmax, x, L, do_rmse=true): x [n, N] -> scale [N], L [n, N] (+nmax)."""
+    n = x.shape[0]
+    amax, mx = _absmax_first(x)
+    zero = amax < _EPS
+    mx = torch.where(zero, torch.ones_like(mx), mx)
+    iscale = _div(float(-nmax), mx)
+    L = nearest_int(iscale * x).clamp_(-nmax, nmax - 1)
+    w = x * x
+    wx = w * x
+    lf = L.float()
+    s = _seq(torch.stack((wx * lf, w * lf * lf)))
+    sumlx, suml2 = s[0].clone(), s[1].clone()
+    for _ in range(5):
+        changed = torch.zeros_like(zero)
+        for i in range(n):
+            li = L[i].float()
+            slx = sumlx - wx[i] * li
+            ok = slx > 0
+            sl2 = suml2 - w[i] * li * li
+            new_l = nearest_int(_div(x[i] * sl2, torch.where(ok, slx, torch.ones_like(slx))))
+            new_l = new_l.clamp_(-nmax, nmax - 1)
+            nf = new_l.float()
+            ok &= new_l != L[i]
+            slx = slx + wx[i] * nf
+            sl2 = sl2 + w[i] * nf * nf
+            ok &= (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+            L[i] = torch.where(ok, new_l, L[i])
+            sumlx = torch.where(ok, slx, sumlx)
+            suml2 = torch.where(ok, sl2, suml2)
+            changed |= ok
+        if not bool(changed.any()):
+            break
+    scale = torch.where(suml2 > 0, _div(sumlx, torch.where(suml2 > 0, suml2, torch.ones_like(suml2))),
+                        torch.zeros_like(sumlx))
+    L = torch.where(zero, torch.zeros_like(L), L + nmax)
+    scale = torch.where(zero, torch.zeros_like(scale), scale)
+    return scale, L
+
+
+def make_qp_quants(x, nmax: int, qw):
+    """make_qp_quants(n, nmax, x, L, quant_weights): x, qw [n, M] -> scale [M], L [n, M] (uint8 semantics)."""
+    n = x.shape[0]
+    mx = torch.zeros_like(x[0])
+    for i in range(n):
+        mx = torch.where(mx > x[i], mx, x[i])
+    zero = mx < _EPS
+    mx = torch.where(zero, torch.ones_like(mx), mx)
+    iscale = _div(float(nmax), mx)
+    L = nearest_int(iscale * x) & 0xFF
+    scale = _div(1.0, iscale)
+
+    def mse(sc, lv):
+        diff = x - sc * lv.float()
+        return _seq(qw * diff * diff)
+
+    best = mse(scale, L)
+    for step in range(-4, 5):
+        if step == 0:
+            continue
+        c = np.float32(0.1) * np.float32(step) + np.float32(nmax)
+        isc = _div(float(c), mx)
+        l = nearest_int(isc * x).clamp_(max=nmax)
+        cur = mse(_div(1.0, isc), l)
+        up = cur < best
+        best = torch.where(up, cur, best)
+        iscale = torch.where(up, isc, iscale)
+    l = nearest_int(iscale * x).clamp_(max=nmax)
+    L = l & 0xFF
+    lf = l.float()
+    wx = qw * x
+    s = _seq(torch.stack((wx * lf, qw * lf * lf)))
+    sumlx, suml2 = s[0].clone(), s[1].clone()
+    for _ in range(5):
+        changed = torch.zeros_like(zero)
+        for i in range(n):
+            li = L[i].float()
+            slx = sumlx - wx[i] * li
+            sl2 = suml2 - qw[i] * li * li
+            ok = (slx > 0) & (sl2 > 0)
+            new_l = nearest_int(_div(x[i] * sl2, torch.where(ok, slx, torch.ones_like(slx)))).clamp_(max=nmax)
+            ok &= new_l != L[i]
+            nf = new_l.float()
+            slx = slx + wx[i] * nf
+            sl2 = sl2 + qw[i] * nf * nf
+            ok &= slx * slx * suml2 > sumlx * sumlx * sl2
+            L[i] = torch.where(ok, new_l & 0xFF, L[i])
+            sumlx = torch.where(ok, slx, sumlx)
+            suml2 = torch.where(ok, sl2, suml2)
+            changed |= ok
+        if not bool(changed.any()):
+            break
+    pos = suml2 > 0
+    scale = torch.where(pos, _div(sumlx, torch.where(pos, suml2, torch.ones_like(suml2))), torch.zeros_like(sumlx))
+    scale = torch.where(zero, torch.zeros_like(scale), scale)
+    L = torch.where(zero, torch.zeros_like(L), L)
+    return scale, L
+
+
+# ---- layout helpers -------------------------------------------------------------------------
+def _sub(xb: torch.Tensor, g: int) -> torch.Tensor:
+    """Superblocks [M, 256] -> sub-blocks element first [g, M * (256 // g)]."""
+    return xb.reshape(-1, g).T.contiguous()
+
+
+def _unsub(t: torch.Tensor, g: int) -> torch.Tensor:
+    """[g, M * 256 // g] -> [M, 256]."""
+    return t.T.reshape(-1, QK)
+
+
+def _per_sb(t: torch.Tensor, nsub: int) -> torch.Tensor:
+    """[M * nsub] -> element first [nsub, M]."""
+    return t.reshape(-1, nsub).T.contiguous()
+
+
+def _fp16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float16).to(torch.float32)
+
+
+def _sumx2(xb: torch.Tensor) -> torch.Tensor:
+    return _seq((xb * xb).T.contiguous())
+
+
+def _imatrix_weights(xb, qwb, g, sigma2):
+    """qw[l] * sqrtf(sigma2 + x*x), sub-block element first."""
+    X = _sub(xb, g)
+    QW = _sub(qwb, g)
+    s2 = sigma2.repeat_interleave(QK // g)
+    return QW * _sqrt(s2 + X * X)
+
+
+# ---- 6-bit scale packing (Q4_K / Q5_K) and 6-bit signed (Q3_K) -------------------------------
+def pack_k4_scales(ls: torch.Tensor, lm: torch.Tensor) -> torch.Tensor:
+    """ls, lm [M, 8] (uint8 values) -> 12 bytes [M, 12] as the q4_K/q5_K writers lay them out."""
+    ls = ls.to(torch.int32) & 0xFF
+    lm = lm.to(torch.int32) & 0xFF
+    out = torch.zeros(ls.shape[0], 12, dtype=torch.int32, device=ls.device)
+    out[:, 0:4] = ls[:, 0:4]
+    out[:, 4:8] = lm[:, 0:4]
+    out[:, 8:12] = (ls[:, 4:8] & 0xF) | ((lm[:, 4:8] & 0xF) << 4)
+    out[:, 0:4] |= (ls[:, 4:8] >> 4) << 6
+    out[:, 4:8] |= (lm[:, 4:8] >> 4) << 6
+    return out & 0xFF
+
+
+def unpack_k4_scales(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """get_scale_min_k4 for j = 0..7: [M, 12] -> sc, m [M, 8] int32."""
+    q = q.to(torch.int32)
+    sc = torch.cat([q[:, 0:4] & 63, (q[:, 8:12] & 0xF) | ((q[:, 0:4] >> 6) << 4)], dim=1)
+    m = torch.cat([q[:, 4:8] & 63, (q[:, 8:12] >> 4) | ((q[:, 4:8] >> 6) << 4)], dim=1)
+    return sc, m
+
+
+def pack_q3_scales(l: torch.Tensor) -> torch.Tensor:
+    """l [M, 16] in 0..63 -> 12 bytes (low nibbles in 0..7, high 2 bits in 8..11)."""
+    l = l.to(torch.int32)
+    out = torch.zeros(l.shape[0], 12, dtype=torch.int32, device=l.device)
+    out[:, 0:8] = (l[:, 0:8] & 0xF) | ((l[:, 8:16] & 0xF) << 4)
+    hi = (l >> 4) & 3
+    for j in range(16):
+        out[:, 8 + j % 4] |= hi[:, j] << (2 * (j // 4))
+    return out & 0xFF
+
+
+def unpack_q3_scales(q: torch.Tensor) -> torch.Tensor:
+    """[M, 12] -> signed scales [M, 16] (6-bit minus 32)."""
+    q = q.to(torch.int32)
+    lo = torch.cat([q[:, 0:8] & 0xF, q[:, 0:8] >> 4], dim=1)
+    j = torch.arange(16, device=q.device)
+    hi = (q[:, 8 + j % 4] >> (2 * (j // 4))) & 3
+    return (lo | (hi << 4)) - 32
+
+
+# ---- codecs ---------------------------------------------------------------------------------
+class _KCodec(Codec):
+    block = QK
+    signed = False      # codes centred (Q3_K, Q6_K) vs with a min (Q2_K, Q4_K, Q5_K)
+    offset = 0          # code of value 0 for signed types
+    qmax = 0            # largest code
+
+    def _search_rows(self, w: torch.Tensor, qw: torch.Tensor | None) -> tuple[Params, torch.Tensor]:
+        """Per-block params [R, nb, ...] and the search codes [R, C] for rows w [R, C]."""
+        raise NotImplementedError
+
+    def search(self, w, qw=None) -> tuple[Params, torch.Tensor]:
+        """params + llama.cpp's own codes from its search (kept where a sub-block scale is 0)."""
+        w = check_rows(self, w)
+        if qw is not None:
+            qw = torch.as_tensor(qw, dtype=torch.float32, device=w.device).reshape(-1)
+        rows = max(1, _MAX_ELEMS // w.shape[1])
+        parts = [self._search_rows(w[r:r + rows], qw) for r in range(0, w.shape[0], rows)]
+        p = {k: torch.cat([pp[0][k] for pp in parts], dim=0) for k in parts[0][0]}
+        return p, torch.cat([pp[1] for pp in parts], dim=0)
+
+    def params(self, w, qw=None) -> Params:
+        return self.search(w, qw)[0]
+
+    def _col_params(self, p: Params, cols: torch.Tensor):
+        blk = cols // QK
+        sub = (cols % QK) // self.group
+        dl = p["dl"][:, blk, sub]
+        ml = p["ml"][:, blk, sub] if "ml" in p else None
+        return dl, ml
+
+    def quantize(self, x, p, cols):
+        x = x.to(torch.float32)
+        dl, ml = self._col_params(p, cols.to(x.device))
+        live = dl != 0
+        den = torch.where(live, dl, torch.ones_like(dl))
+        if self.signed:
+            q = nearest_int(_div(x, den)).clamp_(-self.offset, self.qmax - self.offset) + self.offset
+            q = torch.where(live, q, torch.zeros_like(q))
+            deq = dl * (q - self.offset).float()
+        else:
+            q = nearest_int(_div(x + ml, den)).clamp_(0, self.qmax)
+            q = torch.where(live, q, torch.zeros_like(q))
+            deq = dl * q.float() - ml
+        return q.to(torch.int32), deq
+
+    def encode(self, w, qw=None) -> np.ndarray:
+        w = check_rows(self, w)
+        p, ls = self.search(w, qw)
+        cols = torch.arange(w.shape[1], device=w.device)
+        codes, _ = self.quantize(w, p, cols)
+        dead = self._col_params(p, cols)[0] == 0
+        return self.pack(torch.where(dead, ls.to(codes.dtype), codes), p)
+
+    # helpers for subclasses
+    @staticmethod
+    def _blocks(w: torch.Tensor, qw: torch.Tensor | None):
+        R, C = w.shape
+        xb = w.reshape(-1, QK)
+        qwb = None if qw is None else qw.reshape(1, C // QK, QK).expand(R, -1, -1).reshape(-1, QK)
+        return xb, qwb
+
+    @staticmethod
+    def _two_bit(L: torch.Tensor) -> torch.Tensor:
+        """Codes [M, 256] in 0..3 -> qs [M, 64] (q2_K / q3_K low bits)."""
+        L = L.reshape(-1, 2, 4, 32)
+        return (L[:, :, 0] | (L[:, :, 1] << 2) | (L[:, :, 2] << 4) | (L[:, :, 3] << 6)).reshape(-1, 64)
+
+
+def _u8(t: torch.Tensor) -> np.ndarray:
+    return t.to(torch.uint8).cpu().numpy()
+
+
+def _finish(R: int, parts: list[np.ndarray]) -> np.ndarray:
+    """Per-superblock byte fields [M, k_i] -> rows [R, nb * type_size]."""
+    blk = np.concatenate(parts, axis=1)
+    return np.ascontiguousarray(blk.reshape(R, -1))
+
+
+@register
+class Q6K(_KCodec):
+    name = "Q6_K"
+    type_size = 210
+    group = 16
+    signed = True
+    offset = 32
+    qmax = 63
+
+    def _search_rows(self, w, qw):
+        R, C = w.shape
+        xb, qwb = self._blocks(w, qw)
+        M = xb.shape[0]
+        X = _sub(xb, 16)
+        scales, L = make_qx_quants(X, 32, None if qwb is None else _sub(qwb, 16))
+        S = _per_sb(scales, 16)                       # [16, M]
+        mabs, mscale = _absmax_first(S)
+        zero = mabs < _EPS
+        iscale = _div(-128.0, torch.where(zero, torch.ones_like(mscale), mscale))
+        d = _fp16(_div(1.0, iscale))
+        sc = nearest_int(iscale[None] * S).clamp_(max=127).T          # [M, 16] int8 values
+        sc = torch.where(zero[:, None], torch.zeros_like(sc), sc)
+        d = torch.where(zero, torch.zeros_like(d), d)
+        L = _unsub(L, 16)
+        L = torch.where(zero[:, None], torch.zeros_like(L), L)
+        nb = C // QK
+        p = {"d": d.reshape(R, nb), "scales": (sc & 0xFF).reshape(R, nb, 16),
+             "dl": (d[:, None] * sc.float()).reshape(R, nb, 16)}
+        return p, L.reshape(R, C)
+
+    def pack(self, codes, p):
+        R = codes.shape[0]
+        L = codes.reshape(-1, 2, 4, 32).to(torch.int32)
+        lo = L & 0xF
+        hi = L >> 4
+        ql = torch.stack((lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)), dim=2)
+        qh = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)
+        return _finish(R, [_u8(ql.reshape(-1, 128)), _u8(qh.reshape(-1, 64)),
+                           _u8(p["scales"].reshape(-1, 16)), fp16_bytes(p["d"].reshape(-1))])
+
+
+class _K4Codec(_KCodec):
+    """Q4_K / Q5_K: 8 sub-blocks of 32, 6-bit scales and mins, fp16 d and dmin."""
+    group = 32
+    # no-imatrix search (make_qkx2_quants args)
+    rmin = -1.0
+    rdelta = 0.1
+    nstep = 20
+    clamp63_impl = False   # q5_K_impl clamps Ls/Lm to 63, q4_K_impl does not
+
+    def _search_rows(self, w, qw):
+        R, C = w.shape
+        xb, qwb = self._blocks(w, qw)
+        M = xb.shape[0]
+        X = _sub(xb, 32)
+        if qwb is None:
+            sum_x2 = _seq(X * X)
+            av_x = _sqrt(_div(sum_x2, 32.0))
+            W = av_x[None] + X.abs()
+            scales, mins, L = make_qkx(X, W, self.qmax, self.rmin, self.rdelta, self.nstep, False)
+            Sc, Mn = _per_sb(scales, 8), _per_sb(mins, 8)
+            max_scale, max_min = _scan_max(Sc), _scan_max(Mn)
+            inv_s = torch.where(max_scale > 0, _div(63.0, max_scale), torch.zeros_like(max_scale))
+            inv_m = torch.where(max_min > 0, _div(63.0, max_min), torch.zeros_like(max_min))
+            ls = (nearest_int(inv_s[None] * Sc) & 0xFF).clamp_(max=63).T
+            lm = (nearest_int(inv_m[None] * Mn) & 0xFF).clamp_(max=63).T
+            d = _fp16(_div(max_scale, 63.0))
+            dmin = _fp16(_div(max_min, 63.0))
+        else:
+            sigma2 = _div(2 * _sumx2(xb), float(QK))
+            W = _imatrix_weights(xb, qwb, 32, sigma2)
+            sw = _seq(W)
+            scales, mins, L = make_qkx(X, W, self.qmax, -0.9, 0.05, 36, False)
+            SW = _per_sb(sw, 8)
+            d_block, ls = make_qp_quants(_per_sb(scales, 8), 63, SW)
+            m_block, lm = make_qp_quants(_per_sb(mins, 8), 63, SW)
+            ls, lm = ls.T, lm.T
+            if self.clamp63_impl:
+                ls, lm = ls.clamp(max=63), lm.clamp(max=63)
+            d, dmin = _fp16(d_block), _fp16(m_block)
+        raw = pack_k4_scales(ls, lm)
+        sc, m = unpack_k4_scales(raw)
+        nb = C // QK
+        p = {"d": d.reshape(R, nb), "dmin": dmin.reshape(R, nb), "scales": raw.reshape(R, nb, 12),
+             "dl": (d[:, None] * sc.float()).reshape(R, nb, 8),
+             "ml": (dmin[:, None] * m.float()).reshape(R, nb, 8)}
+        return p, _unsub(L, 32).reshape(R, C)
+
+    def _head(self, p):
+        return [fp16_bytes(p["d"].reshape(-1)), fp16_bytes(p["dmin"].reshape(-1)),
+                _u8(p["scales"].reshape(-1, 12))]
+
+
+@register
+class Q4K(_K4Codec):
+    name = "Q4_K"
+    type_size = 144
+    qmax = 15
+
+    def pack(self, codes, p):
+        L = codes.reshape(-1, 4, 2, 32).to(torch.int32)
+        qs = (L[:, :, 0] | (L[:, :, 1] << 4)).reshape(-1, 128)
+        return _finish(codes.shape[0], self._head(p) + [_u8(qs)])
+
+
+@register
+class Q5K(_K4Codec):
+    name = "Q5_K"
+    type_size = 176
+    qmax = 31
+    rmin = -0.5
+    rdelta = 0.1
+    nstep = 15
+    clamp63_impl = True
+
+    def pack(self, codes, p):
+        L = codes.reshape(-1, 4, 2, 32).to(torch.int32)
+        lo = L & 0xF
+        ql = (lo[:, :, 0] | (lo[:, :, 1] << 4)).reshape(-1, 128)
+        hb = (L >> 4) & 1                                     # [M, 4, 2, 32]
+        shift = (2 * torch.arange(4, device=L.device)[:, None] + torch.arange(2, device=L.device)[None])
+        qh = (hb << shift[None, :, :, None]).sum(dim=(1, 2))  # [M, 32], disjoint bits
+        return _finish(codes.shape[0], self._head(p) + [_u8(qh), _u8(ql)])
+
+
+@register
+class Q2K(_KCodec):
+    name = "Q2_K"
+    type_size = 84
+    group = 16
+    qmax = 3
+
+    def _search_rows(self, w, qw):
+        R, C = w.shape
+        xb, qwb = self._blocks(w, qw)
+        X = _sub(xb, 16)
+        if qwb is None:
+            scales, mins, L = make_qkx(X, X.abs(), 3, -0.5, 0.1, 15, True)
+            Sc, Mn = _per_sb(scales, 16), _per_sb(mins, 16)
+            max_scale, max_min = _scan_max(Sc), _scan_max(Mn)
+            has_s, has_m = max_scale > 0, max_min > 0
+            one = torch.ones_like(max_scale)
+            ls = nearest_int(_div(15.0, torch.where(has_s, max_scale, one))[None] * Sc).T & 0xFF
+            lm = nearest_int(_div(15.0, torch.where(has_m, max_min, one))[None] * Mn).T & 0xFF
+            ls = torch.where(has_s[:, None], ls, torch.zeros_like(ls))
+            lm = torch.where(has_m[:, None], lm, torch.zeros_like(lm))
+            d = torch.where(has_s, _fp16(_div(max_scale, 15.0)), torch.zeros_like(max_scale))
+            dmin = torch.where(has_m, _fp16(_div(max_min, 15.0)), torch.zeros_like(max_min))
+        else:
+            sigma2 = _div(_sumx2(xb), float(QK))
+            W = _imatrix_weights(xb, qwb, 16, sigma2)
+            sw = _seq(W)
+            scales, mins, L = make_qkx(X, W, 3, -0.9, 0.05, 36, False)
+            SW = _per_sb(sw, 16)
+            dm, ls = make_qp_quants(_per_sb(scales, 16), 15, SW)
+            mm, lm = make_qp_quants(_per_sb(mins, 16), 15, SW)
+            ls, lm = ls.T, lm.T
+            d, dmin = _fp16(dm), _fp16(mm)
+        raw = (ls | (lm << 4)) & 0xFF
+        nb = C // QK
+        p = {"d": d.reshape(R, nb), "dmin": dmin.reshape(R, nb), "scales": raw.reshape(R, nb, 16),
+             "dl": (d[:, None] * (raw & 0xF).float()).reshape(R, nb, 16),
+             "ml": (dmin[:, None] * (raw >> 4).float()).reshape(R, nb, 16)}
+        return p, _unsub(L, 16).reshape(R, C)
+
+    def pack(self, codes, p):
+        qs = self._two_bit(codes.to(torch.int32).reshape(-1, QK))
+        return _finish(codes.shape[0], [_u8(p["scales"].reshape(-1, 16)), _u8(qs),
+                                        fp16_bytes(p["d"].reshape(-1)), fp16_bytes(p["dmin"].reshape(-1))])
+
+
+@register
+class Q3K(_KCodec):
+    name = "Q3_K"
+    type_size = 110
+    group = 16
+    signed = True
+    offset = 4
+    qmax = 7
+
+    def _search_rows(self, w, qw):
+        R, C = w.shape
+        xb, qwb = self._blocks(w, qw)
+        X = _sub(xb, 16)
+        if qwb is None:
+            scales, L = make_q3_quants(X, 4)
+            S = _per_sb(scales, 16)
+            amax, max_scale = _absmax_first(S)
+            live = max_scale != 0
+            iscale = _div(-32.0, torch.where(live, max_scale, torch.ones_like(max_scale)))
+            l = nearest_int(iscale[None] * S).T
+            l = ((l + 128) & 0xFF) - 128                           # int8_t truncation
+            l = l.clamp_(-32, 31) + 32
+            raw = pack_q3_scales(l)
+            raw = torch.where(live[:, None], raw, torch.zeros_like(raw))
+            d = torch.where(live, _fp16(_div(1.0, iscale)), torch.zeros_like(iscale))
+        else:
+            sigma2 = _div(2 * _sumx2(xb), float(QK))
+            W = _imatrix_weights(xb, qwb, 16, sigma2)
+            sw = _seq(W)
+            scales, L = make_qx_quants(X, 4, W)
+            d_block, ls = make_qx_quants(_per_sb(scales, 16), 32, _per_sb(sw, 16))
+            raw = pack_q3_scales(ls.T)
+            d = _fp16(d_block)
+        sc = unpack_q3_scales(raw)
+        nb = C // QK
+        p = {"d": d.reshape(R, nb), "scales": raw.reshape(R, nb, 12),
+             "dl": (d[:, None] * sc.float()).reshape(R, nb, 16)}
+        return p, _unsub(L, 16).reshape(R, C)
+
+    def pack(self, codes, p):
+        L = codes.to(torch.int32).reshape(-1, 8, 32)
+        high = (L > 3).to(torch.int32)
+        hmask = (high << torch.arange(8, device=L.device)[None, :, None]).sum(dim=1)
+        qs = self._two_bit((L & 3).reshape(-1, QK))
+        return _finish(codes.shape[0], [_u8(hmask), _u8(qs), _u8(p["scales"].reshape(-1, 12)),
+                                        fp16_bytes(p["d"].reshape(-1))])
