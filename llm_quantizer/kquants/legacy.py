@@ -60,7 +60,9 @@ def _row_sigma2(w: torch.Tensor) -> torch.Tensor:
 def _best_index(vals: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """llama.cpp best_index_int8 on the sorted table ``vals`` (float32), elementwise on x."""
     n = vals.numel()
-    mu = torch.searchsorted(vals, x.contiguous(), right=True).clamp(1, n - 1)
+    mu = torch.ones(x.shape, dtype=torch.int64, device=x.device)  # first k >= 1 with vals[k] > x
+    for k in range(1, n - 1):
+        mu += x >= vals[k]
     lo, hi = vals[mu - 1], vals[mu]
     idx = torch.where(x - lo < hi - x, mu - 1, mu)
     idx = torch.where(x <= vals[0], torch.zeros_like(idx), idx)
