@@ -633,3 +633,6 @@ class Q3K(_KCodec):
         qs = self._two_bit((L & 3).reshape(-1, QK))
         return _finish(codes.shape[0], [_u8(hmask), _u8(qs), _u8(p["scales"].reshape(-1, 12)),
                                         fp16_bytes(p["d"].reshape(-1))])
+
+
+from . import iq4_xs  # noqa: E402,F401  (registers IQ4_XS; it builds on the helpers above)

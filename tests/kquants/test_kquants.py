@@ -1,4 +1,4 @@
-"""K-quant encoders (Q2_K..Q6_K): byte for byte equal to libggml's ggml_quantize_chunk."""
+"""K-quant encoders (Q2_K..Q6_K, IQ4_XS): byte for byte equal to libggml's ggml_quantize_chunk."""
 import numpy as np
 import pytest
 import torch
@@ -10,7 +10,7 @@ from llm_quantizer.ggml.quantize import quantize_tensor  # noqa: E402
 from llm_quantizer.kquants import cat_params, get_codec  # noqa: E402
 from llm_quantizer.kquants.kquants import nearest_int  # noqa: E402
 
-K_TYPES = ["Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K"]
+K_TYPES = ["Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_XS"]
 DOWN = "model.layers.{}.mlp.down_proj.weight"   # SmolLM2: 576 x 1536, rows a multiple of 256
 
 

@@ -1,0 +1,109 @@
+"""IQ4_XS encoder (256-weight superblocks of 8 x 32, non-linear 4-bit grid, 6-bit sub-scales),
+byte-exact with llama.cpp's quantize_iq4_xs (quantize_row_iq4_nl_impl(QK_K, 32, ..., ntry=7)).
+
+Same arithmetic rules as ``kquants.py``. One quirk carried over: the codes are chosen with the
+float32 superblock scale ``d = -max_scale/32`` (``idl = 1/(d*l)``), while the stored (and
+dequantized) scale is fp16(d); ``params`` keeps both.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import check_rows, fp16_bytes, register
+from .kquants import (QK, _EPS, _KCodec, _absmax_first, _div, _f32, _finish, _fp16, _per_sb, _seq, _sqrt,
+                      _sub, _sumx2, _u8, _unsub, nearest_int)
+from .legacy import KVALUES_IQ4NL, _best_index
+
+NTRY = 7
+
+
+def _vals(device) -> torch.Tensor:
+    return torch.tensor(KVALUES_IQ4NL, dtype=torch.float32, device=device)
+
+
+def iq4_scale_search(x: torch.Tensor, w: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    """Per sub-block scale of quantize_row_iq4_nl_impl (ntry > 0). x, w [32, N] -> d [N]."""
+    amax, mx = _absmax_first(x)
+    zero = amax < _EPS
+    mx = torch.where(zero, torch.ones_like(mx), mx)
+    v0 = float(KVALUES_IQ4NL[0])
+
+    def sums(idv):
+        q = vals[_best_index(vals, idv * x)]
+        wq = w * q
+        s = _seq(torch.stack((wq * x, wq * q)))
+        return s[0], s[1]
+
+    d = _div(-mx, v0)
+    sqx, sq2 = sums(_div(1.0, d))
+    pos = sq2 > 0
+    d = torch.where(pos, _div(sqx, torch.where(pos, sq2, torch.ones_like(sq2))), torch.zeros_like(sqx))
+    best = d * sqx
+    for itry in range(-NTRY, NTRY + 1):
+        sx, s2 = sums(_div(float(itry + v0), mx))
+        up = (s2 > 0) & (sx * sx > best * s2)
+        nd = _div(sx, torch.where(s2 > 0, s2, torch.ones_like(s2)))
+        d = torch.where(up, nd, d)
+        best = torch.where(up, nd * sx, best)
+    return torch.where(zero, torch.zeros_like(d), d)
+
+
+@register
+class IQ4XS(_KCodec):
+    name = "IQ4_XS"
+    type_size = 136
+    group = 32
+    qmax = 15
+
+    def _search_rows(self, w, qw):
+        R, C = w.shape
+        xb, qwb = self._blocks(w, qw)
+        X = _sub(xb, 32)
+        if qwb is None:
+            W = X * X
+        else:
+            sigma2 = _sumx2(xb) * _f32(2.0 / QK)
+            s2 = sigma2.repeat_interleave(QK // 32)
+            W = _sub(qwb, 32) * _sqrt(s2 + X * X)
+        vals = _vals(w.device)
+        S = _per_sb(iq4_scale_search(X, W, vals), 8)          # [8, M]
+        _, max_scale = _absmax_first(S)
+        d = _div(-max_scale, 32.0)                             # -0.0 for an all-zero superblock
+        live = d != 0
+        idd = torch.where(live, _div(1.0, torch.where(live, d, torch.ones_like(d))), torch.zeros_like(d))
+        l = nearest_int(idd[None] * S).clamp_(-32, 31).T       # [M, 8]
+        dl = d[:, None] * l.float()
+        idl = torch.where(dl != 0, _div(1.0, torch.where(dl != 0, dl, torch.ones_like(dl))), torch.zeros_like(dl))
+        d16 = _fp16(d)
+        nb = C // QK
+        p = {"d": d16.reshape(R, nb), "ls": (l + 32).reshape(R, nb, 8),
+             "idl": idl.reshape(R, nb, 8), "dl": (d16[:, None] * l.float()).reshape(R, nb, 8)}
+        return p, torch.zeros(R, C, dtype=torch.int32, device=w.device)
+
+    def quantize(self, x, p, cols):
+        x = x.to(torch.float32)
+        blk, sub = cols // QK, (cols % QK) // 32
+        idl = p["idl"][:, blk, sub]
+        dl = p["dl"][:, blk, sub]
+        vals = _vals(x.device)
+        q = _best_index(vals, idl * x).to(torch.int32)
+        return q, dl * vals[q.long()]
+
+    def encode(self, w, qw=None) -> np.ndarray:
+        w = check_rows(self, w)
+        p, _ = self.search(w, qw)
+        codes, _ = self.quantize(w, p, torch.arange(w.shape[1], device=w.device))
+        return self.pack(codes, p)
+
+    def pack(self, codes, p):
+        R = codes.shape[0]
+        L = codes.to(torch.int32).reshape(-1, 8, 2, 16)
+        qs = (L[:, :, 0] | (L[:, :, 1] << 4)).reshape(-1, 128)
+        ls = p["ls"].reshape(-1, 8).to(torch.int32)
+        lo = ls & 0xF
+        scales_l = (lo[:, 0::2] | (lo[:, 1::2] << 4))                       # [M, 4]
+        sh = ((ls >> 4) << (2 * torch.arange(8, device=ls.device))[None]).sum(dim=1)  # uint16
+        scales_h = torch.stack((sh & 0xFF, sh >> 8), dim=1)
+        return _finish(R, [fp16_bytes(p["d"].reshape(-1)), _u8(scales_h), _u8(scales_l), _u8(qs)])
+
