@@ -147,6 +147,12 @@ def quantize(model, output_dir: str | Path, backend: str = "gguf", plan="saved",
     if be.format_family == "gguf":
         imat = out / layout.IMPORTANCE / "imatrix.gguf"
         calibration = calibration if calibration is not None else (imat if imat.exists() else None)
+        if config is not None and config.gguf.rounding == "gptq" and getattr(calibration, "input_ids", None) is None:
+            from .backends.gguf import GGUFCalibration
+
+            cal = GGUFCalibration.coerce(calibration)   # error feedback needs the token ids too
+            cal.input_ids = load_calibration(out).input_ids
+            calibration = cal
     elif calibration is None:
         calibration = load_calibration(out)
     return be.quantize(src, None if uniform else plan, calibration, out, config or RunConfig())

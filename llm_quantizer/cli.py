@@ -32,6 +32,8 @@ CONFIG_FLAGS: list[tuple[tuple[str, ...], str, object, str]] = [
     (("--super-weight-min-bits",), "plan.super_weight_min_bits", float,
      "minimum bits per weight of a tensor holding a super weight"),
     (("--llamacpp-type",), "gguf.llamacpp_type", str, "one llama.cpp type for the whole model, e.g. q4_k_m"),
+    (("--rounding",), "gguf.rounding", str, "gguf: nearest (llama.cpp) | gptq (our encoders with Hessian "
+                                            "error feedback, same per-tensor types)"),
     (("--gptq-bits",), "gptq.bits", int, "GPTQ bits when no plan is used"),
     (("--gptq-group-size",), "gptq.group_size", int, "GPTQ group size (-1: per channel)"),
     (("--gptq-act-order",), "gptq.act_order", _BOOL, "GPTQ activation order"),

@@ -27,6 +27,9 @@ class CalibrationConfig(_Strict):
 
 class GGUFOptions(_Strict):
     llamacpp_type: Optional[str] = None          # e.g. "q4_k_m"; None: follow the plan
+    # nearest: llama.cpp rounds every block on its own. gptq: tensors whose type has one of our
+    # encoders (llm_quantizer.kquants) are re-encoded with Hessian error feedback, same types/size.
+    rounding: Literal["nearest", "gptq"] = "nearest"
 
 
 class GPTQOptions(_Strict):

@@ -48,6 +48,7 @@ class GGUFCalibration:
 
     imatrix_path: Optional[Path] = None
     imatrix: Optional[Mapping[str, np.ndarray]] = None   # {gguf weight: mean x**2 per input channel}
+    input_ids: Optional[object] = None                   # token ids [N, L]: needed by rounding="gptq"
 
     @classmethod
     def coerce(cls, cal) -> "GGUFCalibration":
@@ -56,10 +57,11 @@ class GGUFCalibration:
         if isinstance(cal, (str, os.PathLike)):
             return cls(imatrix_path=Path(cal))
         if isinstance(cal, Mapping):
-            if set(cal) & {"imatrix_path", "imatrix"}:
-                return cls(_path(cal.get("imatrix_path")), cal.get("imatrix"))
+            if set(cal) & {"imatrix_path", "imatrix", "input_ids"}:
+                return cls(_path(cal.get("imatrix_path")), cal.get("imatrix"), cal.get("input_ids"))
             return cls(imatrix=cal)
-        return cls(_path(getattr(cal, "imatrix_path", None)), getattr(cal, "imatrix", None))
+        return cls(_path(getattr(cal, "imatrix_path", None)), getattr(cal, "imatrix", None),
+                   getattr(cal, "input_ids", None))
 
 
 def _path(p) -> Optional[Path]:
@@ -133,12 +135,33 @@ class GGUFBackend(Backend):
         inter = self.intermediate(source, out_dir)
         imat_file = self._imatrix_file(cal, out_dir)
         final = out_dir / layout.QUANTIZED / f"{model_name(source)}-{spec.label}.gguf"
-        llama_quantize(inter, final, spec.ftype, spec.tensor_types, cal.imatrix or imat_file, nthread=self.nthread)
+        rounding = getattr(getattr(config, "gguf", None), "rounding", "nearest")
+        llama_file = final if rounding == "nearest" else inter.parent / final.name
+        llama_quantize(inter, llama_file, spec.ftype, spec.tensor_types, cal.imatrix or imat_file,
+                       nthread=self.nthread)
+        feedback = None
+        if rounding == "gptq":
+            feedback = self._gptq_rounding(source, llama_file, final, cal, imat_file, config)
         script = write_text(out_dir / layout.PLAN / SCRIPT_NAME,
                             quantization_script(source, inter, final, spec, imat_file, requant,
                                                 self.intermediate_type.upper()))
+        info = self._info(final, inter, spec, imat_file, requant)
+        if feedback is not None:
+            info.update(rounding="gptq", llamacpp_file=str(llama_file), feedback=feedback)
         return Artifact(self.name, final, [final, script] + ([imat_file] if imat_file else []),
-                        final.stat().st_size, self._info(final, inter, spec, imat_file, requant))
+                        final.stat().st_size, info)
+
+    def _gptq_rounding(self, source, llama_file: Path, final: Path, cal: GGUFCalibration,
+                       imat_file: Optional[Path], config) -> dict:
+        """llama.cpp's file re-encoded with our error-feedback encoders (gguf_feedback.py)."""
+        from ..ggml.imatrix import load_imatrix_means
+        from .gguf_feedback import gptq_round_gguf
+        from .int_common import calibration_ids
+
+        ids = calibration_ids(cal.input_ids)
+        means = cal.imatrix or (load_imatrix_means(imat_file) if imat_file else None)
+        device = getattr(config, "device", None) or "auto"
+        return gptq_round_gguf(source, llama_file, final, ids, means, device=device)
 
     def intermediate(self, source, out_dir: Path) -> Path:
         """The float GGUF llama.cpp quantizes from; reused when already complete."""
