@@ -20,7 +20,7 @@ from .base import Codec, Params, check_rows, fp16_bytes, register
 
 QK = 256
 _EPS = float(np.float32(1e-15))      # GROUP_MAX_EPS
-_MAX_ELEMS = 1 << 22                 # sub-block elements per search chunk (memory bound)
+_MAX_ELEMS = {"cpu": 1 << 22, "cuda": 1 << 24}   # weights per search chunk (bounds temporaries)
 
 
 def _f32(v) -> float:
@@ -353,7 +353,7 @@ class _KCodec(Codec):
         w = check_rows(self, w)
         if qw is not None:
             qw = torch.as_tensor(qw, dtype=torch.float32, device=w.device).reshape(-1)
-        rows = max(1, _MAX_ELEMS // w.shape[1])
+        rows = max(1, _MAX_ELEMS.get(w.device.type, 1 << 22) // w.shape[1])
         parts = [self._search_rows(w[r:r + rows], qw) for r in range(0, w.shape[0], rows)]
         p = {k: torch.cat([pp[0][k] for pp in parts], dim=0) for k in parts[0][0]}
         return p, torch.cat([pp[1] for pp in parts], dim=0)
