@@ -16,9 +16,20 @@ and 1.00 for 9, 28 and 29, whose residual shrinks at the spike (bench/super_weig
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .base import Observer, register_observer
+
+
+def lower_median(t: torch.Tensor) -> float:
+    """``float(t.median())`` (the lower median), by introselect on CPU: ~50x faster than
+    torch's sort-based median on a [4, 512, 576] batch, and the same value."""
+    if t.device.type != "cpu":
+        return float(t.median())
+    a = t.detach().reshape(-1).float().numpy()
+    k = (a.size - 1) // 2
+    return float(np.partition(a, k)[k])
 
 
 @register_observer
@@ -68,7 +79,7 @@ class OutlierObserver(Observer):
             b, rest = divmod(idx, a.shape[1] * a.shape[2])
             tok, ch = divmod(rest, a.shape[2])
             self._hmax = {"value": val, "channel": ch, "token": tok, "sample_in_batch": b}
-        self._median_sum += float(a.median())
+        self._median_sum += lower_median(flat)
         self._median_n += 1
         if self._pending is not None:   # the down_proj spike of this batch: the residual around it
             p, self._pending = self._pending, None

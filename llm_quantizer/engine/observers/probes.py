@@ -45,24 +45,52 @@ def probe_tensor(w: torch.Tensor, h: torch.Tensor, formats: list[str], imatrix: 
         idx = torch.linspace(0, w.shape[0] - 1, rows).round().long().unique()
         scale = w.shape[0] / idx.numel()
         w = w[idx]
-    out, cache = {}, {}
+    out, effective = {}, {}
     for fmt in formats:
-        f = F.get_format(fmt)
-        if fmt in F.FLOAT_TYPES:
-            eff = fmt
-        elif f.family == "gguf":
-            if not F.gguf_supports(fmt, tuple(w.shape)):
-                continue
-            eff = F.gguf_effective_type(fmt, tuple(w.shape))
-            if eff in F.NEEDS_IMATRIX and imatrix is None:
-                continue
-        else:
-            eff = fmt
-            if f.group_size > 0 and w.shape[1] % f.group_size:
-                continue
-        if eff not in cache:
-            cache[eff] = scale * weighted_error(w.float() - fake_quant(w, eff, imatrix), h)
+        eff = _effective(fmt, tuple(w.shape), imatrix is not None)
+        if eff is not None:
+            effective[fmt] = eff
+    wf = w.float()
+    uniq = list(dict.fromkeys(effective.values()))
+    errors = weighted_errors((wf - fake_quant(w, eff, imatrix) for eff in uniq), h)
+    cache = {eff: scale * e for eff, e in zip(uniq, errors)}
+    for fmt, eff in effective.items():
         out[fmt] = {"error": cache[eff], "effective": eff}
+    return out
+
+
+def _effective(fmt: str, shape: tuple, has_imatrix: bool) -> str | None:
+    """The type actually written for ``fmt`` on ``shape``; None when ``fmt`` cannot apply."""
+    f = F.get_format(fmt)
+    if fmt in F.FLOAT_TYPES:
+        return fmt
+    if f.family == "gguf":
+        if not F.gguf_supports(fmt, shape):
+            return None
+        eff = F.gguf_effective_type(fmt, shape)
+        return None if eff in F.NEEDS_IMATRIX and not has_imatrix else eff
+    return None if f.group_size > 0 and shape[1] % f.group_size else fmt
+
+
+def weighted_errors(dws, h: torch.Tensor, max_numel: int = 1 << 23) -> list[float]:
+    """``weighted_error`` of each dW (same shape), the dWs stacked into as few matmuls with H as
+    ``max_numel`` allows (small weights: one GEMM for every format instead of one each)."""
+    out, group = [], []
+
+    def flush():
+        if not group:
+            return
+        d = torch.cat(group) if len(group) > 1 else group[0]
+        prod = (d @ h) * d if h.dim() == 2 else d.pow(2) * h
+        out.extend(float(p.sum()) for p in prod.split(group[0].shape[0]))
+        group.clear()
+
+    for dw in dws:
+        dw = dw.float()
+        if group and (len(group) + 1) * dw.numel() > max_numel:
+            flush()
+        group.append(dw)
+    flush()
     return out
 
 
