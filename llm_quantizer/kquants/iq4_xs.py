@@ -13,13 +13,28 @@ import torch
 from .base import check_rows, fp16_bytes, register
 from .kquants import (QK, _EPS, _KCodec, _absmax_first, _div, _f32, _finish, _fp16, _per_sb, _seq, _sqrt,
                       _sub, _sumx2, _u8, _unsub, nearest_int)
-from .legacy import KVALUES_IQ4NL, _best_index
+from .legacy import KVALUES_IQ4NL
 
 NTRY = 7
 
 
 def _vals(device) -> torch.Tensor:
     return torch.tensor(KVALUES_IQ4NL, dtype=torch.float32, device=device)
+
+
+def best_index(vals: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """best_index_int8(16, values, x) elementwise, as a count: for x between table entries k and
+    k+1 llama.cpp picks k+1 iff ``x - v[k] >= v[k+1] - x`` (float32); for every other k that test
+    is 1 below x's bracket and 0 above it, so the index is the number of k where it holds."""
+    v = [float(t) for t in vals.tolist()]
+    idx = torch.zeros(x.shape, dtype=torch.uint8, device=x.device)
+    a = torch.empty_like(x)
+    b = torch.empty_like(x)
+    for k in range(len(v) - 1):
+        torch.sub(x, v[k], out=a)
+        torch.neg(x, out=b).add_(v[k + 1])                 # v[k+1] - x, exactly
+        idx += a >= b
+    return idx.long()
 
 
 def iq4_scale_search(x: torch.Tensor, w: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
@@ -30,7 +45,7 @@ def iq4_scale_search(x: torch.Tensor, w: torch.Tensor, vals: torch.Tensor) -> to
     v0 = float(KVALUES_IQ4NL[0])
 
     def sums(idv):
-        q = vals[_best_index(vals, idv * x)]
+        q = vals[best_index(vals, idv * x)]
         wq = w * q
         s = _seq(torch.stack((wq * x, wq * q)))
         return s[0], s[1]
@@ -87,7 +102,7 @@ class IQ4XS(_KCodec):
         idl = p["idl"][:, blk, sub]
         dl = p["dl"][:, blk, sub]
         vals = _vals(x.device)
-        q = _best_index(vals, idl * x).to(torch.int32)
+        q = best_index(vals, idl * x).to(torch.int32)
         return q, dl * vals[q.long()]
 
     def encode(self, w, qw=None) -> np.ndarray:

@@ -76,10 +76,17 @@ def _scan_max(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---- ggml-quants.c searches, vectorized over sub-blocks ------------------------------------
+def _nint_(v: torch.Tensor) -> torch.Tensor:
+    """nearest_int computed in place in the float32 temporary ``v`` (returns an int32 view of it)."""
+    i = v.add_(12582912.0).view(torch.int32)
+    return i.bitwise_and_(0x7FFFFF).sub_(0x400000)
+
+
 def make_qkx(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool):
     """make_qkx2_quants / make_qkx3_quants (same arithmetic when weights are given).
 
-    x, w [n, N] -> scale [N], the_min [N] (>= 0, subtracted), L [n, N] int32 codes."""
+    x, w [n, N] -> scale [N], the_min [N] (>= 0, subtracted), L [n, N] int32 codes.
+    Note ``min`` changes inside llama.cpp's step loop when a step wins, so the steps run in order."""
     n = x.shape[0]
     mn = x[0].clone()
     mx = x[0].clone()
@@ -91,23 +98,27 @@ def make_qkx(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: b
     mn = torch.where(mn > 0, torch.zeros_like(mn), mn)
     zero = mx <= mn
     mx = torch.where(zero, mn + 1, mx)          # keep the dead lanes finite
+    buf = torch.empty((3,) + tuple(x.shape), dtype=x.dtype, device=x.device)
+
+    def codes(isc, mi):                         # clamp(nearest_int(isc * (x - mi)), 0, nmax) as float
+        return _nint_(torch.sub(x, mi, out=buf[0]).mul_(isc)).clamp_(0, nmax).float()
+
+    def error(sc, mi, lf):
+        diff = torch.mul(lf, sc, out=buf[0]).add_(mi).sub_(x)
+        diff = diff.abs_() if use_mad else diff.mul_(diff)
+        return _seq(diff.mul_(w))
+
     iscale = _div(float(nmax), mx - mn)
     scale = _div(1.0, iscale)
-    L = nearest_int(iscale * (x - mn)).clamp_(0, nmax)
-
-    def error(sc, mi, lv):
-        diff = (sc * lv.float() + mi) - x
-        diff = diff.abs() if use_mad else diff * diff
-        return _seq(w * diff)
-
+    L = codes(iscale, mn)
     best = error(scale, mn, L)
     for step in range(nstep + 1):
         c = np.float32(rmin) + np.float32(rdelta) * np.float32(step) + np.float32(nmax)
-        isc = _div(float(c), mx - mn)
-        la = nearest_int(isc * (x - mn)).clamp_(0, nmax)
-        lf = la.float()
-        wl = w * lf
-        s = _seq(torch.stack((wl, wl * lf, wl * x)))
+        lf = codes(_div(float(c), mx - mn), mn)
+        wl = torch.mul(w, lf, out=buf[0])
+        torch.mul(wl, lf, out=buf[1])
+        torch.mul(wl, x, out=buf[2])
+        s = _seq(buf)
         sum_l, sum_l2, sum_xl = s[0], s[1], s[2]
         D = sum_w * sum_l2 - sum_l * sum_l
         this_scale = _div(sum_w * sum_xl - sum_x * sum_l, D)
@@ -115,15 +126,15 @@ def make_qkx(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: b
         pos = this_min > 0
         this_min = torch.where(pos, torch.zeros_like(this_min), this_min)
         this_scale = torch.where(pos, _div(sum_xl, sum_l2), this_scale)
-        cur = error(this_scale, this_min, la)
+        cur = error(this_scale, this_min, lf)
         up = (D > 0) & (cur < best)
         best = torch.where(up, cur, best)
         scale = torch.where(up, this_scale, scale)
         mn = torch.where(up, this_min, mn)
-        L = torch.where(up, la, L)
+        L = torch.where(up, lf, L)
     scale = torch.where(zero, torch.zeros_like(scale), scale)
     L = torch.where(zero, torch.zeros_like(L), L)
-    return scale, -mn, L
+    return scale, -mn, L.to(torch.int32)
 
 
 def _qx_weights(x, qw, rmse_type):
@@ -140,11 +151,15 @@ def make_qx_quants(x, nmax: int, qw=None):
     zero = amax < _EPS
     mx = torch.where(zero, torch.ones_like(mx), mx)
 
+    wx = w * x
+    buf = torch.empty((2,) + tuple(x.shape), dtype=x.dtype, device=x.device)
+
     def sums(isc):
-        l = nearest_int(isc * x).clamp_(-nmax, nmax - 1)
+        l = _nint_(torch.mul(x, isc, out=buf[0])).clamp_(-nmax, nmax - 1).clone()
         lf = l.float()
-        wl = w * lf
-        s = _seq(torch.stack((w * x * lf, wl * lf)))
+        torch.mul(wx, lf, out=buf[0])
+        torch.mul(w, lf, out=buf[1]).mul_(lf)
+        s = _seq(buf)
         return l, s[0], s[1]
 
     L, sumlx, suml2 = sums(_div(float(-nmax), mx))
