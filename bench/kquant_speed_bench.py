@@ -79,6 +79,7 @@ def edge_rows(n: int = 512) -> np.ndarray:
     w[6, ::16] *= 40
     w[7] = np.round(w[7] * 4) / 4
     w[8, :32] = 1e-20
+    w[9, :16] *= 1e-3
     return w
 
 

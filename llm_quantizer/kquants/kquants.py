@@ -110,11 +110,12 @@ def make_qkx(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: b
 
     iscale = _div(float(nmax), mx - mn)
     scale = _div(1.0, iscale)
-    L = codes(iscale, mn)
-    best = error(scale, mn, L)
+    best = error(scale, mn, codes(iscale, mn))
+    l_isc, l_min = iscale, mn                   # what the kept codes were rounded with
     for step in range(nstep + 1):
         c = np.float32(rmin) + np.float32(rdelta) * np.float32(step) + np.float32(nmax)
-        lf = codes(_div(float(c), mx - mn), mn)
+        isc = _div(float(c), mx - mn)
+        lf = codes(isc, mn)
         wl = torch.mul(w, lf, out=buf[0])
         torch.mul(wl, lf, out=buf[1])
         torch.mul(wl, x, out=buf[2])
@@ -130,8 +131,10 @@ def make_qkx(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: b
         up = (D > 0) & (cur < best)
         best = torch.where(up, cur, best)
         scale = torch.where(up, this_scale, scale)
+        l_isc = torch.where(up, isc, l_isc)
+        l_min = torch.where(up, mn, l_min)
         mn = torch.where(up, this_min, mn)
-        L = torch.where(up, lf, L)
+    L = codes(l_isc, l_min)
     scale = torch.where(zero, torch.zeros_like(scale), scale)
     L = torch.where(zero, torch.zeros_like(L), L)
     return scale, -mn, L.to(torch.int32)

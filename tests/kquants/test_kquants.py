@@ -28,6 +28,7 @@ def edge_rows(n: int = 512) -> np.ndarray:
     w[6, ::16] *= 40                            # one big weight per 16
     w[7] = np.round(w[7] * 4) / 4               # many exact ties
     w[8, :32] = 1e-20                           # below GROUP_MAX_EPS
+    w[9, :16] *= 1e-3                           # sub-block scale rounds to 0 (search codes kept)
     return w
 
 
