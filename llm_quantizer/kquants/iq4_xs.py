@@ -7,10 +7,9 @@ dequantized) scale is fp16(d); ``params`` keeps both.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from .base import check_rows, fp16_bytes, register
+from .base import fp16_bytes, register
 from .kquants import (QK, _EPS, _KCodec, _absmax_first, _div, _f32, _finish, _fp16, _per_sb, _seq, _sqrt,
                       _sub, _sumx2, _u8, _unsub, nearest_int)
 from .legacy import KVALUES_IQ4NL
@@ -70,6 +69,7 @@ class IQ4XS(_KCodec):
     type_size = 136
     group = 32
     qmax = 15
+    keeps_search_codes = False  # every code is re-chosen with the final scales
 
     def _search_rows(self, w, qw):
         R, C = w.shape
@@ -104,12 +104,6 @@ class IQ4XS(_KCodec):
         vals = _vals(x.device)
         q = best_index(vals, idl * x).to(torch.int32)
         return q, dl * vals[q.long()]
-
-    def encode(self, w, qw=None) -> np.ndarray:
-        w = check_rows(self, w)
-        p, _ = self.search(w, qw)
-        codes, _ = self.quantize(w, p, torch.arange(w.shape[1], device=w.device))
-        return self.pack(codes, p)
 
     def pack(self, codes, p):
         R = codes.shape[0]

@@ -361,20 +361,25 @@ class _KCodec(Codec):
     signed = False      # codes centred (Q3_K, Q6_K) vs with a min (Q2_K, Q4_K, Q5_K)
     offset = 0          # code of value 0 for signed types
     qmax = 0            # largest code
+    keeps_search_codes = True   # params carry "lsearch" [R, nb, 256] uint8 (see quantize)
 
     def _search_rows(self, w: torch.Tensor, qw: torch.Tensor | None) -> tuple[Params, torch.Tensor]:
         """Per-block params [R, nb, ...] and the search codes [R, C] for rows w [R, C]."""
         raise NotImplementedError
 
     def search(self, w, qw=None) -> tuple[Params, torch.Tensor]:
-        """params + llama.cpp's own codes from its search (kept where a sub-block scale is 0)."""
+        """params and llama.cpp's codes from its search [R, C] (what it keeps where a sub-block
+        scale rounds to 0)."""
         w = check_rows(self, w)
         if qw is not None:
             qw = torch.as_tensor(qw, dtype=torch.float32, device=w.device).reshape(-1)
         rows = max(1, _MAX_ELEMS.get(w.device.type, 1 << 22) // w.shape[1])
         parts = [self._search_rows(w[r:r + rows], qw) for r in range(0, w.shape[0], rows)]
         p = {k: torch.cat([pp[0][k] for pp in parts], dim=0) for k in parts[0][0]}
-        return p, torch.cat([pp[1] for pp in parts], dim=0)
+        ls = torch.cat([pp[1] for pp in parts], dim=0)
+        if self.keeps_search_codes:
+            p["lsearch"] = ls.reshape(ls.shape[0], -1, QK).to(torch.uint8)
+        return p, ls
 
     def params(self, w, qw=None) -> Params:
         return self.search(w, qw)[0]
@@ -387,27 +392,24 @@ class _KCodec(Codec):
         return dl, ml
 
     def quantize(self, x, p, cols):
+        """llama.cpp's final requantization with the stored scales; where a sub-block's scale is
+        0 (its values decode to -min or 0 whatever the code) llama.cpp keeps the codes of its
+        search, and so do we (``lsearch``), so that this packs to exactly ``encode``'s bytes."""
         x = x.to(torch.float32)
-        dl, ml = self._col_params(p, cols.to(x.device))
+        cols = cols.to(x.device)
+        dl, ml = self._col_params(p, cols)
         live = dl != 0
         den = torch.where(live, dl, torch.ones_like(dl))
+        kept = p["lsearch"][:, cols // QK, cols % QK].to(torch.int32)
         if self.signed:
             q = nearest_int(_div(x, den)).clamp_(-self.offset, self.qmax - self.offset) + self.offset
-            q = torch.where(live, q, torch.zeros_like(q))
+            q = torch.where(live, q, kept)
             deq = dl * (q - self.offset).float()
         else:
             q = nearest_int(_div(x + ml, den)).clamp_(0, self.qmax)
-            q = torch.where(live, q, torch.zeros_like(q))
+            q = torch.where(live, q, kept)
             deq = dl * q.float() - ml
         return q.to(torch.int32), deq
-
-    def encode(self, w, qw=None) -> np.ndarray:
-        w = check_rows(self, w)
-        p, ls = self.search(w, qw)
-        cols = torch.arange(w.shape[1], device=w.device)
-        codes, _ = self.quantize(w, p, cols)
-        dead = self._col_params(p, cols)[0] == 0
-        return self.pack(torch.where(dead, ls.to(codes.dtype), codes), p)
 
     # helpers for subclasses
     @staticmethod

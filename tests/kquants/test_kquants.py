@@ -108,7 +108,8 @@ def test_dequantized_equals_gguf_py(qtype, use_imatrix):
 @pytest.mark.parametrize("qtype", K_TYPES)
 def test_decomposition_over_column_spans(qtype):
     """params of 256-column spans concatenate to the whole row's; codes of any column subset
-    equal those of the whole row (what error feedback relies on)."""
+    equal those of the whole row, and all codes pack to encode's bytes (what error feedback
+    relies on)."""
     codec = get_codec(qtype)
     w = torch.from_numpy(edge_rows())
     im = torch.from_numpy(imatrix(w.shape[1]))
@@ -122,6 +123,7 @@ def test_decomposition_over_column_spans(qtype):
     c2, d2 = codec.quantize(w[:, sel], p, sel)
     assert torch.equal(c2, codes[:, sel]) and torch.equal(d2, deq[:, sel])
     assert codes.min() >= 0 and codes.max() <= codec.qmax
+    assert np.array_equal(codec.pack(codes, p), codec.encode(w, im))   # exact, zero sub-scales too
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
