@@ -201,9 +201,14 @@ def expected_layer_stage(cfg: dict, tokens: int, batch: int, seq: int, dtype_byt
     caches = 2 * tokens * h * dtype_bytes
     hess = (h * h * 2 + q * q + i * i) * 4          # qkv input, gate/up input, o input, down input (float32)
     batch_act = batch * seq * (3 * i + 4 * h + 2 * q) * dtype_bytes   # MLP gate/up/act, attention q/k/v/o, norms
+    # SDPA's math kernel (float32 with grouped KV heads: neither flash nor memory-efficient
+    # attention takes it) materialises the scores and the probabilities of one batch
+    scores = 2 * batch * cfg["num_attention_heads"] * seq * seq * dtype_bytes
     return {"layer_weights_mib": _mib(weights), "activation_caches_mib": _mib(caches), "hessians_mib": _mib(hess),
             "one_batch_activations_mib": _mib(batch_act),
-            "total_mib": _mib(weights + caches + hess + batch_act)}
+            "total_mib": _mib(weights + caches + hess + batch_act),
+            "attention_scores_if_math_sdpa_mib": _mib(scores),
+            "total_with_attention_scores_mib": _mib(weights + caches + hess + batch_act + scores)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,10 +261,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{r.get('layer_stage_peak_gpu_mib', float('nan')):12.0f} {r.get('embed_stage_peak_gpu_mib', float('nan')):12.0f} "
               f"{r.get('head_stage_peak_gpu_mib', float('nan')):11.0f}")
     print("one decoder layer + activations (MiB): " + ", ".join(f"{k[:-4]} {v:.0f}" for k, v in exp.items()))
+    if fwd:
+        print(f"  forward: whole model in {args.dtype} {fwd['weights_gpu_mib']:.0f} MiB on the GPU")
     for r in rows:
         if "layer_stage_peak_gpu_mib" in r:
             print(f"  {r['part']}: layer-stage peak / (one layer + activations) = "
-                  f"{r['layer_stage_peak_gpu_mib'] / exp['total_mib']:.2f}; whole-run peak / whole model "
+                  f"{r['layer_stage_peak_gpu_mib'] / exp['total_mib']:.2f} "
+                  f"({r['layer_stage_peak_gpu_mib'] / exp['total_with_attention_scores_mib']:.2f} counting the "
+                  f"attention scores); whole-run peak / whole model "
                   f"in {args.dtype} = {r['peak_gpu_mib'] / (_mib(params * torch.finfo(dtype).bits / 8)):.2f}")
     from llm_quantizer.io import write_json
 

@@ -9,7 +9,7 @@ the embeddings, one for the head), never held whole. Two subprocesses:
 Reported: peak RSS of each (VmHWM) and the engine's peak above the baseline, as a share of
 the model's size (goal: < 25 %), with the RSS at each layer's end and in the head stage.
 
-Run: python bench/memory_bench.py [--layers 20 --hidden 2048 --intermediate 5632 --samples 8 --seq-len 256]
+Run: python bench/memory_bench.py [--probes gguf] [--layers 22 --hidden 2048 --intermediate 5632 --samples 8 --seq-len 256]
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def build_model(out: Path, args) -> int:
 
 
 def child(part: str, model_dir: str, samples: int, seq_len: int, batch_size: int, dtype: str = "float32",
-          max_full: int = 8192) -> dict:
+          max_full: int = 8192, probes: str = "none") -> dict:
     import torch
     import transformers  # noqa: F401
 
@@ -117,7 +117,14 @@ def child(part: str, model_dir: str, samples: int, seq_len: int, batch_size: int
     t0 = time.perf_counter()
     eng = LayerwiseEngine(src, EngineOptions(device="cpu", batch_size=batch_size, progress=False,
                                              dtype=getattr(torch, dtype)))
-    eng.run(ids, [ActivationStats(max_full=max_full), ImportanceObserver(), trace])
+    obs = [ActivationStats(max_full=max_full), ImportanceObserver()]
+    if probes != "none":   # the measure stage's full set: outliers and the per-format error probes too
+        from llm_quantizer.engine.observers.outliers import OutlierObserver
+        from llm_quantizer.engine.observers.probes import ErrorProbe
+        from llm_quantizer.measure.run import DEFAULT_FORMATS
+
+        obs += [OutlierObserver(), ErrorProbe(DEFAULT_FORMATS[probes])]
+    eng.run(ids, obs + [trace])
     return {"part": part, "seconds": time.perf_counter() - t0, "peak_rss_mib": _peak_mib(), "rss_mib": _rss_mib(),
             "rss_at_layer_end_mib": trace.layers, "rss_in_head_stage_mib": trace.head}
 
@@ -136,13 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="engine compute dtype")
     ap.add_argument("--max-full", type=int, default=8192,
                     help="ActivationStats: full H for linears up to this many inputs (0: imatrix only)")
+    ap.add_argument("--probes", default="none", choices=("none", "gguf", "int"),
+                    help="also run the outlier observer and the error probes of this format family (the measure "
+                         "stage's observers)")
     ap.add_argument("--work", default=None, help="model folder (default: a temporary one, removed after)")
     ap.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "memory_bench.json"))
     args = ap.parse_args(argv)
     if args.child:
         res = child(args.child[0], args.child[1], args.samples, args.seq_len, args.batch_size, args.dtype,
-                    args.max_full)
+                    args.max_full, args.probes)
         print("RESULT " + json.dumps(res), flush=True)
         return 0
     from llm_quantizer.io import write_json
@@ -164,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         for part in ("baseline", "engine"):
             cmd = [sys.executable, __file__, "--child", part, str(model_dir), "--samples", str(args.samples),
                    "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--dtype", args.dtype,
-                   "--max-full", str(args.max_full)]
+                   "--max-full", str(args.max_full), "--probes", args.probes]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not line:
@@ -176,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     share = above * 2**20 / size
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"calibration {args.samples} x {args.seq_len} random ids, batch {args.batch_size}, compute dtype "
-          f"{args.dtype}, full H up to {args.max_full} inputs; engine {eng['seconds']:.0f} s; load avg {load}")
+          f"{args.dtype}, full H up to {args.max_full} inputs, probes {args.probes}; engine {eng['seconds']:.0f} s; load avg {load}")
     print(f"{'':28} {'MiB':>8}")
     print(f"{'model weights (bf16)':28} {size / 2**20:8.0f}")
     print(f"{'baseline peak RSS':28} {base:8.0f}")
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "intermediate": args.intermediate, "vocab": args.vocab,
                                            "weight_bytes": size},
                                  "calibration": [args.samples, args.seq_len], "loadavg": load,
-                                 "dtype": args.dtype, "max_full": args.max_full,
+                                 "dtype": args.dtype, "max_full": args.max_full, "probes": args.probes,
                                  "baseline": rows["baseline"], "engine": eng, "above_baseline_mib": above,
                                  "share_of_model": share})
     print(f"wrote {path}")

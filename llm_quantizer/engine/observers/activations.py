@@ -14,8 +14,11 @@ class InputStats:
         self.sum_sq = torch.zeros(n_in, dtype=torch.float64, device=device)
         self.h = torch.zeros(n_in, n_in, dtype=torch.float32, device=device) if full else None
         self.count = 0
+        self._mean = False    # self.h holds the symmetric mean (hessian() was called): no more adds
 
     def add(self, x: torch.Tensor) -> None:
+        if self._mean:
+            raise RuntimeError("InputStats.add after hessian()")
         x = x.float()
         self.sum_sq += x.pow(2).sum(0).double()   # float32 within a batch: exact to ~1e-7, 10x cheaper
         if self.h is not None:
@@ -23,24 +26,36 @@ class InputStats:
         self.count += x.shape[0]
 
     def hessian(self) -> torch.Tensor:
-        """Mean second moment E[x x^T] (full) or its diagonal (1-D)."""
+        """Mean second moment E[x x^T] (full) or its diagonal (1-D).
+
+        The full H is finished in place on the first call (lower blocks mirrored, divided by the
+        count) and returned as is after: no n x n copies (5632^2 floats = 127 MB on a 1B model)."""
         n = max(self.count, 1)
         if self.h is None:
             return (self.sum_sq / n).float()
-        return (torch.triu(self.h) + torch.triu(self.h, 1).T) / n
+        if not self._mean:
+            b = _block_bounds(self.h.shape[0])
+            for i in range(len(b) - 1):
+                for j in range(i + 1, len(b) - 1):
+                    self.h[b[j]:b[j + 1], b[i]:b[i + 1]].copy_(self.h[b[i]:b[i + 1], b[j]:b[j + 1]].T)
+            self.h /= n
+            self._mean = True
+        return self.h
 
 
-def add_upper_gram(h: torch.Tensor, x: torch.Tensor, blocks: int = 4) -> None:
-    """``h += x^T x`` on the block upper triangle only (``hessian`` mirrors it): ``blocks``
-    column blocks, the diagonal and the blocks right of it, 10/16 of the flops of a full
-    ``addmm_`` for 4 blocks (a symmetric rank-k update that torch does not expose). The lower
-    blocks of ``h`` stay untouched; each computed entry is the same dot product as before."""
-    n = x.shape[1]
-    if n < 256:
-        h.addmm_(x.T, x)
-        return
-    b = [round(i * n / blocks) for i in range(blocks + 1)]
-    for i in range(blocks):
+def _block_bounds(n: int, blocks: int = 4) -> list[int]:
+    """Column-block bounds of ``add_upper_gram`` (one block below 256 inputs)."""
+    blocks = 1 if n < 256 else blocks
+    return [round(i * n / blocks) for i in range(blocks + 1)]
+
+
+def add_upper_gram(h: torch.Tensor, x: torch.Tensor) -> None:
+    """``h += x^T x`` on the block upper triangle only (``hessian`` mirrors it): 4 column blocks,
+    the diagonal and the blocks right of it, 10/16 of the flops of a full ``addmm_`` (a symmetric
+    rank-k update that torch does not expose). The lower blocks of ``h`` stay untouched; each
+    computed entry is the same dot product as in the full product."""
+    b = _block_bounds(x.shape[1])
+    for i in range(len(b) - 1):
         h[b[i]:b[i + 1], b[i]:].addmm_(x[:, b[i]:b[i + 1]].T, x[:, b[i]:])
 
 
