@@ -22,7 +22,20 @@ Two ways to use a codec:
   (scales rounded to fp16 as stored). ``quantize(w, params(w, qw), arange(C))`` packs to the
   same bytes as ``encode`` wherever llama.cpp's codes are nearest-rounding codes for its own
   scales (all non-imatrix paths); where llama.cpp refines codes one by one inside its search
-  (e.g. ``make_qx_quants``) ``encode`` is the exact one.
+  (e.g. ``make_qp_quants``) ``encode`` is the exact one.
+
+Optional hook: ``row_context(w) -> dict`` gives statistics of whole rows that ``params`` needs
+when it is called on a column span (the legacy imatrix paths use sigma2 = mean(x^2) over the
+full row): ``params(w_span, qw_span, **ctx)``. Default: {}.
+
+Exactness pitfalls (torch CPU/CUDA vs libggml-base, which has no FMA and sums in order):
+* torch's vectorized fp32 ``sqrt`` is not correctly rounded (~1 in 6 off by 1 ulp): ``sqrt_f32``.
+* ``python_float / tensor`` is ``tensor.reciprocal() * float`` (two roundings): ``rdiv``;
+  ``tensor / python_float`` is exact on CPU, but on CUDA it multiplies by 1/c: ``divc``.
+  ``tensor / tensor`` is exact everywhere.
+* sums must follow llama.cpp's sequential order: loop over positions, vectorized over blocks
+  (``torch.sum``/``cumsum`` reorder or accumulate in double).
+* torch.round is half-to-even like ggml's nearest_int; C roundf (Q8_0) is half-away.
 """
 from __future__ import annotations
 
@@ -110,6 +123,11 @@ def sqrt_f32(x: torch.Tensor) -> torch.Tensor:
 def rdiv(c: float, x: torch.Tensor) -> torch.Tensor:
     """c / x correctly rounded (torch's ``float / tensor`` multiplies by the reciprocal)."""
     return torch.full_like(x, c) / x
+
+
+def divc(x: torch.Tensor, c: float) -> torch.Tensor:
+    """x / c correctly rounded on every device (CUDA turns ``tensor / scalar`` into ``* (1/c)``)."""
+    return x / torch.full_like(x, c)
 
 
 # ---- byte helpers shared by codecs ---------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Codec, Params, block_view, fp16_bytes, rdiv, register, sqrt_f32
+from .base import Codec, Params, block_view, divc, fp16_bytes, rdiv, register, sqrt_f32
 
 QK = 32
 GROUP_MAX_EPS = 1e-15
@@ -54,7 +54,7 @@ def _row_sigma2(w: torch.Tensor) -> torch.Tensor:
     for j in range(w.shape[1]):
         c = w[:, j]
         s = s + c * c
-    return s / float(w.shape[1])
+    return divc(s, float(w.shape[1]))
 
 
 def _best_index(vals: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -174,7 +174,7 @@ def iq4nl_search(x: torch.Tensor, w: torch.Tensor, vals: torch.Tensor, ntry: int
     zero = amax < GROUP_MAX_EPS
     safe = torch.where(zero, torch.ones_like(mx), mx)
     v0 = float(vals[0])
-    d0 = (-safe) / v0
+    d0 = divc(-safe, v0)
     ids = torch.cat([(1.0 / d0)[:, None],
                      torch.tensor([float(t + int(v0)) for t in range(-ntry, ntry + 1)], device=x.device)[None, :]
                      / safe[:, None]], dim=1)                            # [B, K]
@@ -268,7 +268,7 @@ class _Sym(_Legacy):
     def _params_ref(self, xb):
         nmax = 1 << (self.bits - 1)
         _, mx = _abs_max_signed(xb)
-        d = mx / float(-nmax)
+        d = divc(mx, float(-nmax))
         i = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
         z = torch.zeros_like(d)
         return d, z, i, z
@@ -298,7 +298,7 @@ class _Asym(_Legacy):
     def _params_ref(self, xb):
         nmax = (1 << self.bits) - 1
         mn, mx = xb.min(dim=1).values, xb.max(dim=1).values
-        d = (mx - mn) / float(nmax)
+        d = divc(mx - mn, float(nmax))
         i = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
         return d, mn, i, mn
 
@@ -344,7 +344,7 @@ class Q8_0(_Legacy):
 
     def _params_ref(self, xb):
         amax = xb.abs().max(dim=1).values
-        d = amax / 127.0
+        d = divc(amax, 127.0)
         i = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
         z = torch.zeros_like(d)
         return d, z, i, z
