@@ -182,6 +182,28 @@ def make_qx_quants(x, nmax: int, qw=None):
     return scale, L
 
 
+def _refine(one_pass, ntry: int, const: tuple, state: tuple) -> None:
+    """Run llama.cpp's "itry" refinement passes in place on ``state`` ([n, N] / [N] tensors).
+
+    A sub-block that changed nothing in a pass is in the same state at the next one and would
+    change nothing again, so each pass after the first runs on the sub-blocks that changed only."""
+    idx = None
+    for _ in range(ntry):
+        if idx is None:
+            *new, changed = one_pass(*const, *state)
+            for t, v in zip(state, new):
+                t.copy_(v)
+            idx = torch.nonzero(changed).flatten()
+        else:
+            sub = [t[..., idx] for t in const + state]
+            *new, changed = one_pass(*sub)
+            for t, v in zip(state, new):
+                t[..., idx] = v
+            idx = idx[changed]
+        if idx.numel() == 0:
+            break
+
+
 def make_q3_quants(x, nmax: int):
     """make_q3_quants(n, nmax, x, L, do_rmse=true): x [n, N] -> scale [N], L [n, N] (+nmax)."""
     n = x.shape[0]
@@ -195,8 +217,9 @@ def make_q3_quants(x, nmax: int):
     lf = L.float()
     s = _seq(torch.stack((wx * lf, w * lf * lf)))
     sumlx, suml2 = s[0].clone(), s[1].clone()
-    for _ in range(5):
-        changed = torch.zeros_like(zero)
+
+    def one_pass(x, w, wx, L, sumlx, suml2):
+        changed = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
         for i in range(n):
             li = L[i].float()
             slx = sumlx - wx[i] * li
@@ -213,8 +236,9 @@ def make_q3_quants(x, nmax: int):
             sumlx = torch.where(ok, slx, sumlx)
             suml2 = torch.where(ok, sl2, suml2)
             changed |= ok
-        if not bool(changed.any()):
-            break
+        return L, sumlx, suml2, changed
+
+    _refine(one_pass, 5, (x, w, wx), (L, sumlx, suml2))
     scale = torch.where(suml2 > 0, _div(sumlx, torch.where(suml2 > 0, suml2, torch.ones_like(suml2))),
                         torch.zeros_like(sumlx))
     L = torch.where(zero, torch.zeros_like(L), L + nmax)
