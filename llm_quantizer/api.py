@@ -172,8 +172,11 @@ def find_artifacts(output_dir: str | Path) -> list[Path]:
     from .validate.runtime import artifact_gguf
 
     qdir = Path(output_dir) / layout.QUANTIZED
-    if qdir.is_dir() and ((qdir / "config.json").exists() or artifact_gguf(qdir) is not None):
+    if qdir.is_dir() and (qdir / "config.json").exists():
         return [qdir]
+    gguf = artifact_gguf(qdir) if qdir.is_dir() else None
+    if gguf is not None:
+        return [gguf]
     raise ConfigError(f"no quantized model in {qdir}: run `llm-quantizer quantize` first, or name the artifacts")
 
 

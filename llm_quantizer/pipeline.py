@@ -10,6 +10,7 @@ import hashlib
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -81,7 +82,9 @@ class Stages:
             self.log(f"[{stage}] up to date, skipped")
             return False
         self.log(f"[{stage}] running")
+        t0 = time.perf_counter()
         self.record(stage, key, fn())
+        self.log(f"[{stage}] done in {time.perf_counter() - t0:.1f} s")
         return True
 
 
@@ -104,6 +107,7 @@ def _files(out: Path, *rel: str) -> list[Path]:
 def run_pipeline(cfg: RunConfig, force: bool = False, log: Callable[[str], None] = print) -> dict:
     if not cfg.model:
         raise ConfigError("no model given (MODEL or --model)")
+    _check_int_options(cfg)
     src = open_source(cfg.model)
     out = ensure_dir(cfg.output_dir)
     cfg.save(out / "run_config.json")
@@ -153,7 +157,7 @@ def _validate(src, out, cfg, results, log) -> list[Path]:
     for row in rep["comparison"]:
         rate = row.get("rep_before")
         st = "" if rate is None else f", repetition {rate:.3f} (original {rep['original'].get('repetition_rate', 0):.3f})"
-        log(f"[validate] {row['label']}: ppl {row['ppl']:.4g} (original {rep['original']['ppl']:.4g}), "
+        log(f"[validate] {row['label']}: ppl {row['ppl']:.3f} (original {rep['original']['ppl']:.3f}), "
               f"mean KLD {row['kld_mean']:.4g}, same top {row['same_top_pct']:.1f}%{st}")
     vdir = out / layout.VALIDATION
     return [p for p in vdir.rglob("*") if p.is_file() and not p.name.startswith(".")]
@@ -177,6 +181,16 @@ def _calibrate(src, out, cfg) -> list[Path]:
                   seed=c.seed, device=cfg.device)
     d = out / layout.CALIBRATION
     return [p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")]
+
+
+def _check_int_options(cfg: RunConfig) -> None:
+    """Refuse before any work what the int backends could write but transformers could not load."""
+    from .quant.rtn import QuantArgs
+    from .quant_runner.compat import check_asymmetric
+
+    sym = {"gptq": cfg.gptq.symmetric, "awq": not cfg.awq.zero_point}.get(cfg.backend)
+    if sym is False and not cfg.budget:       # with a budget the plan's formats decide (checked later)
+        check_asymmetric({"uniform": QuantArgs(4, -1, False)})
 
 
 def _measure(src, out, cfg) -> list[Path]:

@@ -63,7 +63,7 @@ def test_interrupted_run_resumes(tiny_run_inputs, tmp_path, monkeypatch):
 
     val = json.loads((out / "validation/validation.json").read_text())
     (art,) = val["artifacts"]
-    assert art["path"].endswith("quantized_model") and art["kld_mean"] > 0 and 0 < art["same_top_pct"] <= 100
+    assert art["path"].endswith(".gguf") and "quantized_model" in art["path"] and art["kld_mean"] > 0 and 0 < art["same_top_pct"] <= 100
     assert val["eval"]["files"][0]["path"] != str(root / "calib.txt")
     assert (out / "report.html").exists() and "KL" in (out / "report.html").read_text()
     assert oct((out / "run_config.json").stat().st_mode & 0o777) != oct(0o600)   # not mkstemp's private mode
