@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from .base import fp16_bytes, register
-from .kquants import (QK, _EPS, _KCodec, _absmax_first, _div, _f32, _finish, _fp16, _per_sb, _seq, _sqrt,
-                      _sub, _sumx2, _u8, _unsub, nearest_int)
+from .kquants import _KCodec, _finish, _fp16, _per_sb, _sub, _sumx2, _u8
+from .ksearch import EPS, QK, absmax_first, f32c, fdiv, fsqrt, nearest_int, seqsum
 from .legacy import KVALUES_IQ4NL
 
 NTRY = 7
@@ -38,26 +38,26 @@ def best_index(vals: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def iq4_scale_search(x: torch.Tensor, w: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
     """Per sub-block scale of quantize_row_iq4_nl_impl (ntry > 0). x, w [32, N] -> d [N]."""
-    amax, mx = _absmax_first(x)
-    zero = amax < _EPS
+    amax, mx = absmax_first(x)
+    zero = amax < EPS
     mx = torch.where(zero, torch.ones_like(mx), mx)
     v0 = float(KVALUES_IQ4NL[0])
 
     def sums(idv):
         q = vals[best_index(vals, idv * x)]
         wq = w * q
-        s = _seq(torch.stack((wq * x, wq * q)))
+        s = seqsum(torch.stack((wq * x, wq * q)))
         return s[0], s[1]
 
-    d = _div(-mx, v0)
-    sqx, sq2 = sums(_div(1.0, d))
+    d = fdiv(-mx, v0)
+    sqx, sq2 = sums(fdiv(1.0, d))
     pos = sq2 > 0
-    d = torch.where(pos, _div(sqx, torch.where(pos, sq2, torch.ones_like(sq2))), torch.zeros_like(sqx))
+    d = torch.where(pos, fdiv(sqx, torch.where(pos, sq2, torch.ones_like(sq2))), torch.zeros_like(sqx))
     best = d * sqx
     for itry in range(-NTRY, NTRY + 1):
-        sx, s2 = sums(_div(float(itry + v0), mx))
+        sx, s2 = sums(fdiv(float(itry + v0), mx))
         up = (s2 > 0) & (sx * sx > best * s2)
-        nd = _div(sx, torch.where(s2 > 0, s2, torch.ones_like(s2)))
+        nd = fdiv(sx, torch.where(s2 > 0, s2, torch.ones_like(s2)))
         d = torch.where(up, nd, d)
         best = torch.where(up, nd * sx, best)
     return torch.where(zero, torch.zeros_like(d), d)
@@ -78,18 +78,18 @@ class IQ4XS(_KCodec):
         if qwb is None:
             W = X * X
         else:
-            sigma2 = _sumx2(xb) * _f32(2.0 / QK)
+            sigma2 = _sumx2(xb) * f32c(2.0 / QK)
             s2 = sigma2.repeat_interleave(QK // 32)
-            W = _sub(qwb, 32) * _sqrt(s2 + X * X)
+            W = _sub(qwb, 32) * fsqrt(s2 + X * X)
         vals = _vals(w.device)
         S = _per_sb(iq4_scale_search(X, W, vals), 8)          # [8, M]
-        _, max_scale = _absmax_first(S)
-        d = _div(-max_scale, 32.0)                             # -0.0 for an all-zero superblock
+        _, max_scale = absmax_first(S)
+        d = fdiv(-max_scale, 32.0)                             # -0.0 for an all-zero superblock
         live = d != 0
-        idd = torch.where(live, _div(1.0, torch.where(live, d, torch.ones_like(d))), torch.zeros_like(d))
+        idd = torch.where(live, fdiv(1.0, torch.where(live, d, torch.ones_like(d))), torch.zeros_like(d))
         l = nearest_int(idd[None] * S).clamp_(-32, 31).T       # [M, 8]
         dl = d[:, None] * l.float()
-        idl = torch.where(dl != 0, _div(1.0, torch.where(dl != 0, dl, torch.ones_like(dl))), torch.zeros_like(dl))
+        idl = torch.where(dl != 0, fdiv(1.0, torch.where(dl != 0, dl, torch.ones_like(dl))), torch.zeros_like(dl))
         d16 = _fp16(d)
         nb = C // QK
         p = {"d": d16.reshape(R, nb), "ls": (l + 32).reshape(R, nb, 8),

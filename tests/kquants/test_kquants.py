@@ -10,7 +10,7 @@ from gguf import GGMLQuantizationType as QT, quants  # noqa: E402
 
 from llm_quantizer.ggml.quantize import quantize_tensor  # noqa: E402
 from llm_quantizer.kquants import cat_params, get_codec  # noqa: E402
-from llm_quantizer.kquants.kquants import nearest_int  # noqa: E402
+from llm_quantizer.kquants.ksearch import nearest_int  # noqa: E402
 
 K_TYPES = ["Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_XS"]
 # Byte equality holds against an x86-64 libggml (scalar SSE float32, no FMA contraction); where
