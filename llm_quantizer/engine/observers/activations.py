@@ -2,6 +2,8 @@
 its diagonal, the sum of squared inputs per channel that llama.cpp calls the importance matrix."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .base import LayerContext, Observer, register_observer
@@ -19,10 +21,10 @@ class InputStats:
     def add(self, x: torch.Tensor) -> None:
         if self._mean:
             raise RuntimeError("InputStats.add after hessian()")
-        x = x.float()
-        self.sum_sq += x.pow(2).sum(0).double()   # float32 within a batch: exact to ~1e-7, 10x cheaper
         if self.h is not None:
             add_upper_gram(self.h, x)
+        x = x.float()
+        self.sum_sq += x.pow(2).sum(0).double()   # float32 within a batch: exact to ~1e-7, 10x cheaper
         self.count += x.shape[0]
 
     def hessian(self) -> torch.Tensor:
@@ -55,8 +57,24 @@ def add_upper_gram(h: torch.Tensor, x: torch.Tensor) -> None:
     rank-k update that torch does not expose). The lower blocks of ``h`` stay untouched; each
     computed entry is the same dot product as in the full product."""
     b = _block_bounds(x.shape[1])
+    half = x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and _mm_out_float32_ok()
+    x = x if half else x.float()
     for i in range(len(b) - 1):
-        h[b[i]:b[i + 1], b[i]:].addmm_(x[:, b[i]:b[i + 1]].T, x[:, b[i]:])
+        a, c = x[:, b[i]:b[i + 1]].T, x[:, b[i]:]
+        if half:   # 16-bit tensor cores, float32 accumulation: the products of 16-bit values are exact
+            h[b[i]:b[i + 1], b[i]:] += torch.mm(a, c, out_dtype=torch.float32)
+        else:
+            h[b[i]:b[i + 1], b[i]:].addmm_(a, c)
+
+
+@functools.lru_cache(maxsize=1)
+def _mm_out_float32_ok() -> bool:
+    """Whether this torch has ``torch.mm(..., out_dtype=float32)`` for 16-bit CUDA inputs."""
+    try:
+        a = torch.ones(2, 2, dtype=torch.bfloat16, device="cuda")
+        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError):
+        return False
 
 
 def shared_inputs(layer_map) -> dict[str, str]:
