@@ -6,18 +6,22 @@ The example model ships as a Q4_1 GGUF; "original" is that model dequantized (bf
 Calibration: wiki_en_calib.txt, N x 512 tokens. Eval: the first 4096 tokens of wiki_en_eval.txt
 in 8 fixed windows of 512 (no overlap), the same ids for every model.
 
-GPTQ runs true-sequential with propagated quantized outputs; gptq-act adds act_order (static
-groups). AWQ is llm-awq's search (symmetric here: zero-point checkpoints do not load in
-transformers >= 5.23). The mixed plan: our measurements (RTN errors weighted by layer
-importance) -> knapsack over int3/int4 g32/g64, int8 g64, BF16 at the uniform int4 size.
+GPTQ propagates the quantized outputs; ``gptq`` uses act_order with static groups (the default),
+``gptq-noact`` column order. AWQ is llm-awq's search (symmetric: zero-point checkpoints do not
+load in transformers >= 5.23). ``mixed``: our measurements with the residual error model (each
+linear's output error x its measured transfer to the per-token relative residual error) ->
+knapsack over int3/int4 g32/g64, int8 g64, BF16 at the uniform int4 plan's byte size, quantized
+with GPTQ (act_order); ``mixed-local``: the same with the earlier error model (output error x
+layer importance), ``mixed-awq``: the residual plan quantized with AWQ.
 
-Run: python bench/gptq_awq_bench.py [--samples 128] [--device auto] [--methods rtn,gptq,gptq-act,awq,mixed]
+Run: python bench/gptq_awq_bench.py [--samples 128] [--device auto] [--methods rtn,gptq,awq,mixed]
 Writes bench/results/gptq_awq_bench.json.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import resource
 import sys
 import tempfile
@@ -74,15 +78,22 @@ def peak_mem(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def mixed_plan(source, ids, device, group: int):
+_MEAS: dict = {}
+
+
+def mixed_plan(source, ids, device, group: int, error_model: str = "residual"):
     """Knapsack plan over MIXED_FORMATS at the byte size of the uniform int4 plan (every linear
-    int4: no super-weight floor there, so its size is the uniform checkpoint's)."""
+    int4: no super-weight floor there, so its size is the uniform checkpoint's). Measured once."""
     from llm_quantizer.measure import run_measurements
     from llm_quantizer.plan import Constraints, make_plan
 
-    meas = run_measurements(source, ids, MIXED_FORMATS, device=str(device), progress=False).measurements
+    if "meas" not in _MEAS:
+        t0 = time.perf_counter()
+        _MEAS["meas"] = run_measurements(source, ids, MIXED_FORMATS, device=str(device), progress=False).measurements
+        _MEAS["seconds"] = round(time.perf_counter() - t0, 1)
+    meas = _MEAS["meas"]
     uniform = make_plan(meas, "1", [f"int4_g{group}"], Constraints(super_weight_min_bits=None))
-    plan = make_plan(meas, f"{uniform.totals.bytes}B", MIXED_FORMATS)
+    plan = make_plan(meas, f"{uniform.totals.bytes}B", MIXED_FORMATS, Constraints(error_model=error_model))
     return plan, uniform.totals.bytes
 
 
@@ -90,10 +101,11 @@ def variant(name: str):
     """bench name -> (method, options): gptq-act = act_order (static groups); mixed uses it too."""
     from llm_quantizer.quant_runner import AWQOptions, GPTQOptions
 
-    return {"rtn": ("rtn", None), "gptq": ("gptq", GPTQOptions()), "gptq-act": ("gptq", GPTQOptions(act_order=True)),
-            "gptq-ts": ("gptq", GPTQOptions(true_sequential=True)),
-            "gptq-act-ts": ("gptq", GPTQOptions(act_order=True, true_sequential=True)),
-            "awq": ("awq", AWQOptions()), "mixed": ("gptq", GPTQOptions(act_order=True))}[name]
+    act, noact = GPTQOptions(act_order=True), GPTQOptions(act_order=False)
+    return {"rtn": ("rtn", None), "gptq": ("gptq", act), "gptq-noact": ("gptq", noact),
+            "gptq-ts": ("gptq", GPTQOptions(act_order=True, true_sequential=True)),
+            "awq": ("awq", AWQOptions()), "mixed": ("gptq", act), "mixed-local": ("gptq", act),
+            "mixed-awq": ("awq", AWQOptions()), "mixed-rtn": ("rtn", None), "mixed-local-rtn": ("rtn", None)}[name]
 
 
 def run_method(name, source, ids, windows, device, group, work: Path, row: dict, plan=None):
@@ -124,6 +136,12 @@ def _count(schemes):
     return out
 
 
+def _device_name(device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({os.cpu_count()} cores)"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help="example name or path (e.g. the GGUF file)")
@@ -132,9 +150,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--methods", default="rtn,gptq,gptq-act,awq,mixed")
+    ap.add_argument("--methods", default="rtn,gptq,gptq-noact,awq,mixed,mixed-local,mixed-awq")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "gptq_awq_bench.json"))
     args = ap.parse_args(argv)
+    load0 = os.getloadavg()
     device = resolve_device(args.device)
     source, text = open_source(args.model), Path(args.text_dir)
     tok = source.tokenizer()
@@ -145,11 +164,13 @@ def main(argv=None) -> int:
     print(f"original ppl {rows[0]['ppl']:.3f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.methods.split(","):
-            row = {"method": f"{name} 4-bit g{args.group_size} sym" if name != "mixed" else "gptq-act mixed plan"}
+            mixed = name.startswith("mixed")
+            row = {"method": f"{name} 4-bit g{args.group_size} sym" if not mixed else f"{name} plan"}
             plan = None
-            if name == "mixed":
-                plan, budget = mixed_plan(source, ids, device, args.group_size)
-                row["budget_bytes"] = budget
+            if mixed:
+                em = "local" if "local" in name else "residual"
+                plan, budget = mixed_plan(source, ids, device, args.group_size, em)
+                row.update(budget_bytes=budget, error_model=em, measure_seconds=_MEAS["seconds"])
             t0 = time.perf_counter()
             rows.append(run_method(name, source, ids, windows, device, args.group_size, Path(tmp), row, plan))
             row["total_seconds"] = round(time.perf_counter() - t0, 1)
@@ -158,7 +179,8 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['method']:40} {r['ppl']:8.3f} {r.get('quant_seconds', ''):>8} {r.get('peak_mib', ''):>9} "
               f"{r.get('file_bytes', 0) / 1e6:11.2f} {r.get('max_abs_logit_diff_ckpt_vs_fake', 0):10.2e}")
-    write_json(args.out, {"model": "smollm2-135m", "device": str(device), "calibration": list(ids.shape),
+    write_json(args.out, {"model": "smollm2-135m", "device": _device_name(device), "calibration": list(ids.shape),
+                          "loadavg_end": os.getloadavg(), "loadavg_start": load0,
                           "eval": {"tokens": windows.numel(), "windows": list(windows.shape)},
                           "group_size": args.group_size, "note": "group 64: hidden 576 is not divisible by 128",
                           "rows": rows})

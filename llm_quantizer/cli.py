@@ -36,7 +36,8 @@ CONFIG_FLAGS: list[tuple[tuple[str, ...], str, object, str]] = [
                                             "error feedback, same per-tensor types)"),
     (("--gptq-bits",), "gptq.bits", int, "GPTQ bits when no plan is used"),
     (("--gptq-group-size",), "gptq.group_size", int, "GPTQ group size (-1: per channel)"),
-    (("--gptq-act-order",), "gptq.act_order", _BOOL, "GPTQ activation order"),
+    (("--gptq-act-order",), "gptq.act_order", "optbool", "GPTQ activation order with static groups (default on)"),
+    (("--no-gptq-act-order",), "gptq.act_order", "false", "GPTQ in column order (same as --gptq-act-order false)"),
     (("--awq-bits",), "awq.bits", int, "AWQ bits when no plan is used"),
     (("--awq-group-size",), "awq.group_size", int, "AWQ group size"),
     (("--awq-zero-point",), "awq.zero_point", "optbool", "AWQ zero point (true/false)"),
@@ -69,6 +70,8 @@ def add_config_flags(p: argparse.ArgumentParser, model_positional: bool = True) 
         kw: dict = {"dest": path, "default": argparse.SUPPRESS, "help": help_}
         if typ is _BOOL:
             kw["action"] = "store_true"
+        elif typ == "false":
+            kw["action"] = "store_false"
         elif typ == "optbool":
             kw.update(nargs="?", const=True, type=_parse_bool)
         elif typ == "list":

@@ -35,14 +35,14 @@ class GGUFOptions(_Strict):
 class GPTQOptions(_Strict):
     bits: int = Field(4, ge=2, le=8)
     group_size: int = 128
-    act_order: bool = False
+    act_order: bool = True        # with static groups (GPTQModel / llm-compressor users expect it)
     symmetric: bool = True
 
 
 class AWQOptions(_Strict):
     bits: int = Field(4, ge=2, le=8)
     group_size: int = 128
-    zero_point: bool = True
+    zero_point: bool = False      # asymmetric checkpoints do not load in transformers >= 5.23 (quant_runner.compat)
 
 
 class ValidationConfig(_Strict):

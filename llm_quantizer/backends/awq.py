@@ -2,9 +2,9 @@
 clipping search and group quantization in the streaming engine, per-layer bits from the plan,
 written as compressed-tensors ``pack-quantized``.
 
-``config.awq``: bits, group_size, zero_point (asymmetric). Zero-point checkpoints are written to
-the compressed-tensors spec but transformers >= 5.23 with compressed-tensors >= 0.18 refuses to
-load them (zero-point size mismatch; vLLM and transformers <= 5.22.2 load them): a warning says so.
+``config.awq``: bits, group_size, zero_point (asymmetric, default off). Zero-point checkpoints
+follow the compressed-tensors spec, but transformers >= 5.23 with compressed-tensors >= 0.18 cannot
+load them (``quant_runner.compat``): with that stack a zero-point request is refused up front.
 """
 from __future__ import annotations
 
@@ -33,10 +33,6 @@ class AWQBackend(IntBackend):
 
     def default_args(self, config) -> QuantArgs:
         o = _opts(config)
-        if o.zero_point:
-            log.warning("awq zero_point=True writes asymmetric compressed-tensors weights: transformers >= 5.23 "
-                        "cannot load them with compressed-tensors >= 0.18 (vLLM can); use --awq-zero-point false "
-                        "for a checkpoint transformers loads")
         return QuantArgs(o.bits, o.group_size, not o.zero_point, scale_dtype=CT_DTYPE)
 
     def options(self, config) -> AWQOptions:

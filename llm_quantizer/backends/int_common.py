@@ -45,9 +45,11 @@ class IntBackend(Backend):
     def quantize(self, source, plan, calibration, out_dir, config=None) -> Artifact:
         from ..model import ModelSource, open_source
         from ..quant_runner import quantize_int, resolve_schemes
+        from ..quant_runner.compat import check_asymmetric
 
         source = source if isinstance(source, ModelSource) else open_source(source)
         schemes = resolve_schemes(source, plan, None if plan is not None else self.default_args(config))
+        check_asymmetric(schemes)
         ids = calibration_ids(calibration)
         device = getattr(config, "device", None) or "auto"
         res = quantize_int(source, self.method, schemes, ids, Path(out_dir) / layout.QUANTIZED, plan=plan,

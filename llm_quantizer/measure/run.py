@@ -14,6 +14,7 @@ from ..engine.observers.activations import ActivationStats
 from ..engine.observers.importance import ImportanceObserver
 from ..engine.observers.outliers import OutlierObserver
 from ..engine.observers.probes import ErrorProbe
+from ..engine.observers.transfer import ResidualTransfer
 from ..io import write_json
 from ..model.source import ModelSource
 
@@ -37,10 +38,12 @@ class MeasureResult:
 def run_measurements(source: ModelSource, input_ids: torch.Tensor, formats: list[str], metric: str = "lim",
                      device: str = "auto", batch_size: int = 4, progress: bool = True) -> MeasureResult:
     stats, imp, out, probe = ActivationStats(), ImportanceObserver(), OutlierObserver(), ErrorProbe(formats)
+    transfer = ResidualTransfer()
     eng = LayerwiseEngine(source, EngineOptions(device=device, batch_size=batch_size, progress=progress))
-    eng.run(input_ids, [stats, imp, out, probe])
+    eng.run(input_ids, [stats, imp, out, probe, transfer])
     importance = {**imp.result(), **out.result(), "selected_metric": metric}
-    meas = build_measurements(source, probe.result(), importance, metric, tokens=int(input_ids.numel()))
+    meas = build_measurements(source, probe.result(), importance, metric, tokens=int(input_ids.numel()),
+                              transfer=transfer.result()["tensors"])
     return MeasureResult(meas, importance, stats.imatrix, {})
 
 
@@ -55,8 +58,11 @@ def layer_weights(per_layer: list[dict], metric: str, power: float = 0.5, clip=(
     return {i: min(max((v / mean) ** power, clip[0]), clip[1]) for i, v in vals.items()}
 
 
-def build_measurements(source: ModelSource, probes: dict, importance: dict, metric: str, tokens: int) -> dict:
+def build_measurements(source: ModelSource, probes: dict, importance: dict, metric: str, tokens: int,
+                       transfer: dict | None = None) -> dict:
+    """``transfer``: HF weight name -> residual transfer factor (``ResidualTransfer``)."""
     lm = source.layer_map
+    transfer = transfer or {}
     weights = layer_weights(importance["layers"], metric)
     super_tensors = {s["tensor"] for s in importance["super_weights"]}
     tensors = []
@@ -69,6 +75,7 @@ def build_measurements(source: ModelSource, probes: dict, importance: dict, metr
             "quantizable": len(info.shape) == 2,
             "importance": weights.get(layer, 1.0) if layer is not None else 1.0,
             "super_weight": info.name in super_tensors,
+            "transfer": transfer.get(info.name),
             "errors": {f: p["error"] for f, p in probe.items()},
             "effective": {f: p["effective"] for f, p in probe.items() if p["effective"] != f},
         })
@@ -86,6 +93,8 @@ def build_measurements(source: ModelSource, probes: dict, importance: dict, metr
         "calibration": {"tokens": tokens},
         "metric": metric, "formats": probes["formats"],
         "error_definition": "tr(dW H dW^T) / tokens, H = sum x x^T of the linear's calibration inputs",
+        "transfer_definition": "per-token relative residual error of the decoder layer / the linear's own "
+                               "output error, both with 4-bit g32 RTN (errors * transfer: residual error)",
         "super_weights": importance["super_weights"],
         "tensors": tensors,
     }

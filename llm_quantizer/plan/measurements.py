@@ -32,6 +32,7 @@ class TensorInfo:
     importance: float = 1.0
     super_weight: bool = False
     errors: dict = field(default_factory=dict)
+    transfer: Optional[float] = None      # residual transfer factor (engine.observers.transfer)
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ def _tensor(t: dict, i: int) -> TensorInfo:
             layer=None if t.get("layer") is None else int(t["layer"]),
             quantizable=bool(t.get("quantizable", len(shape) >= 2)),
             importance=float(1.0 if t.get("importance") is None else t["importance"]),
-            super_weight=bool(t.get("super_weight", False)), errors=errors)
+            super_weight=bool(t.get("super_weight", False)), errors=errors,
+            transfer=None if t.get("transfer") is None else float(t["transfer"]))
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"measurements tensor #{i} is malformed: {e!r}") from None
 

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
+import numpy as np
+
 from ..errors import BudgetError, ConfigError
 from ..formats import Format, default_candidates, get_format
 from .budget import Budget, human_bytes
@@ -40,6 +42,7 @@ def make_plan(measurements: dict, budget: Budget | str | float,
     family, formats = _family(allowed)
     cons = replace(cons, allowed_formats=tuple(f.name for f in formats))
     budget = Budget.parse(budget)
+    infos = error_weights(infos, cons.error_model, family)
     errs, source = ErrorModel(infos), _source_float(model, family)
     fixed, items = [], []
     for t in infos:
@@ -53,6 +56,23 @@ def make_plan(measurements: dict, budget: Budget | str | float,
     tensors = _ordered(infos, fixed + chosen)
     totals = _totals(tensors, overhead, budget_bytes, int(model["total_params"]), sol, fixed)
     return Plan(model, family, budget, cons.allowed_formats, cons, tensors, totals)
+
+
+def error_weights(infos: list[TensorInfo], error_model: str, family: str) -> list[TensorInfo]:
+    """Each tensor's weight in the objective, put in ``importance``: the layer importance
+    (``local``) or the measured residual transfer (``residual``; tensors without one, e.g. the
+    embeddings, get the median transfer). ``auto``: residual for int plans when measured."""
+    measured = [t.transfer for t in infos if t.transfer is not None and t.transfer > 0]
+    if error_model == "auto":
+        error_model = "residual" if family == "int" and measured else "local"
+    if error_model == "local":
+        return infos
+    if not measured:
+        raise ConfigError("error_model 'residual' needs transfer factors in measurements.json; "
+                          "re-run the measure stage with this version")
+    median = float(np.median(measured))
+    return [replace(t, importance=t.transfer if t.transfer is not None and t.transfer > 0 else median)
+            for t in infos]
 
 
 def _family(allowed: tuple[str, ...]) -> tuple[str, list[Format]]:

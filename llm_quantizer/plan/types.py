@@ -19,6 +19,7 @@ MIN_EMBED = "min embedding bits"
 NOT_QUANTIZABLE = "not quantizable"
 KEPT_BY_BACKEND = "kept by backend"      # int family: embeddings / lm_head stay 16-bit
 EMBED_KINDS = ("embed", "lm_head")
+ERROR_MODELS = ("auto", "local", "residual")
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,11 @@ class Constraints:
     """What the planner may choose. ``keep``: ``(regex, format)`` pairs, searched in the HF and
     the GGUF tensor name, first match wins. Bit floors compare stored bits per weight.
     ``imatrix``: an importance matrix will be given to llama.cpp, which refuses IQ1_S/IQ2_*
-    without one; embeddings / lm_head never get those types (no imatrix data for them)."""
+    without one; embeddings / lm_head never get those types (no imatrix data for them).
+    ``error_model``: how a tensor's measured error is weighted in the objective: ``local`` (layer
+    importance x the linear's own output error), ``residual`` (the measured residual transfer
+    factor x that error: the per-token relative error the next layer sees; needs ``transfer`` in
+    the measurements) or ``auto`` (residual for int plans when measured, else local)."""
 
     allowed_formats: tuple[str, ...] = ()
     keep: tuple[tuple[str, str], ...] = ()
@@ -35,6 +40,11 @@ class Constraints:
     overhead_bytes: Optional[int] = None
     int_keep_kinds: tuple[str, ...] = EMBED_KINDS
     imatrix: bool = True
+    error_model: str = "auto"
+
+    def __post_init__(self):
+        if self.error_model not in ERROR_MODELS:
+            raise ConfigError(f"error_model must be one of {', '.join(ERROR_MODELS)}, got {self.error_model!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -21,7 +21,7 @@ from .passes import QuantPass, to_cpu_result
 class GPTQOptions:
     blocksize: int = 128
     percdamp: float = 0.01
-    act_order: bool = False       # with static groups, so groups stay contiguous (no g_idx)
+    act_order: bool = True        # with static groups, so groups stay contiguous (no g_idx)
     true_sequential: bool = False
 
 

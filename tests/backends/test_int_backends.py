@@ -41,12 +41,20 @@ def test_backend_writes_loadable_checkpoint(tiny_llama, tmp_path, name, override
     assert torch.isfinite(_load_and_run(art.path)).all()
 
 
-def test_awq_zero_point_warns(tiny_llama, tmp_path, caplog):
-    cfg = RunConfig(device="cpu").with_overrides({"awq.group_size": 32})
-    get_backend("awq").quantize(tiny_llama, None, CAL, tmp_path, cfg)
-    assert "zero_point" in caplog.text
-    qc = json.loads((tmp_path / "quantized_model" / "config.json").read_text())["quantization_config"]
-    assert qc["config_groups"]["group_0"]["weights"]["symmetric"] is False
+def test_awq_zero_point_refused_when_transformers_cannot_load_it(tiny_llama, tmp_path):
+    """transformers >= 5.23 + compressed-tensors >= 0.18 cannot load zero-point checkpoints:
+    refused in one line before any work (and written, to the spec, where they load)."""
+    from llm_quantizer.quant_runner.compat import asymmetric_loads
+
+    cfg = RunConfig(device="cpu").with_overrides({"awq.group_size": 32, "awq.zero_point": True})
+    if asymmetric_loads():
+        art = get_backend("awq").quantize(tiny_llama, None, CAL, tmp_path, cfg)
+        assert torch.isfinite(_load_and_run(art.path)).all()
+        return
+    with pytest.raises(ConfigError, match="zero-point") as e:
+        get_backend("awq").quantize(tiny_llama, None, CAL, tmp_path, cfg)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "quantized_model").exists()
 
 
 def test_plan_json_dict_overrides_uniform_bits(tiny_llama, tmp_path):

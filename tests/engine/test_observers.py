@@ -110,3 +110,31 @@ def test_layers_streamed_in_order_and_freed(tmp_path):
     eng.run(_ids(), [obs])
     assert obs.layers == [0, 1]
     assert all(p.device.type == "meta" for p in eng.model.parameters())
+
+
+def test_residual_transfer_equals_dense_recomputation(tmp_path):
+    """transfer(down_proj) = per-token relative change of the layer output / the linear's own
+    output error, both with the reference 4-bit g32 RTN; one dense forward per side."""
+    from llm_quantizer.engine.observers.transfer import ResidualTransfer
+    from llm_quantizer.quant.rtn import QuantArgs, fake_quantize
+
+    model = build_tiny("llama", tmp_path / "m", dtype=torch.float32)
+    ids = _ids()
+    xs, hs = _dense_inputs(model, ids)
+    obs = ResidualTransfer()
+    _engine(tmp_path / "m").run(ids, [obs])
+    names = {f"model.layers.{i}.{p}.weight" for i in range(2) for p in
+             ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+    assert set(obs.tensors) == names and all(v > 0 for v in obs.tensors.values())
+    name = "model.layers.1.mlp.down_proj"
+    lin = model.get_submodule(name)
+    w = lin.weight.detach().clone()
+    dw = w - fake_quantize(w, QuantArgs(4, 32, True, scale_dtype="float32"))
+    local = float((xs[name] @ dw.T).pow(2).sum()) / xs[name].shape[0]
+    ref = torch.cat([o for _, o in hs[1]]).reshape(-1, model.config.hidden_size)
+    lin.weight.data = w - dw
+    _, hq = _dense_inputs(model, ids)
+    got = torch.cat([o for _, o in hq[1]]).reshape(ref.shape)
+    rel = float(((got - ref).pow(2).sum(-1) / ref.pow(2).sum(-1)).mean())
+    assert abs(obs.tensors[name + ".weight"] - rel / local) <= 1e-3 * rel / local

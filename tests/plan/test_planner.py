@@ -135,3 +135,25 @@ def test_error_keys_are_case_insensitive(gguf_meas):
     for t in meas["tensors"]:
         t["errors"] = {k.lower(): v for k, v in t["errors"].items()}
     assert not any(x.estimated for x in make_plan(meas, "0.3", GGUF).tensors)
+
+
+def test_residual_error_model_weights_by_transfer():
+    """error_model residual: the objective weight is the measured transfer (auto for int plans);
+    a tensor whose errors reach the residual 1000x more gets the bits; local ignores transfer."""
+    from llm_quantizer.plan.synthetic import Shape, make_measurements
+
+    fmts = ["int3_g32", "int4_g32", "int8_g32", "BF16"]
+    meas = make_measurements(Shape(num_layers=2, hidden=64, intermediate=128, n_heads=4, n_kv_heads=2,
+                                   vocab=256), fmts, seed=1)
+    hot = "model.layers.1.mlp.up_proj.weight"
+    for t in meas["tensors"]:
+        if t["layer"] is not None and t["quantizable"]:
+            t["transfer"], t["importance"] = (1000.0 if t["name"] == hot else 1.0), 1.0
+    plans = {em: make_plan(meas, "0.88", fmts, Constraints(error_model=em)) for em in ("auto", "residual", "local")}
+    fmt = {em: {t.name: t.format for t in p.tensors} for em, p in plans.items()}
+    assert fmt["auto"] == fmt["residual"]
+    assert fmt["residual"][hot] in ("int8_g32", "BF16")
+    assert [t for t in plans["residual"].tensors if t.name == hot][0].importance == 1000.0
+    assert [t for t in plans["local"].tensors if t.name == hot][0].importance == 1.0
+    with pytest.raises(ConfigError, match="error_model"):
+        Constraints(error_model="global")
