@@ -124,6 +124,14 @@ def run_method(name, source, ids, windows, device, group, work: Path, row: dict,
         a, b = ckpt(windows[:2].to(device)).logits.float(), ref(windows[:2].to(device)).logits.float()
     row["max_abs_logit_diff_ckpt_vs_fake"] = (a - b).abs().max().item()
     row["schemes"] = dict(sorted(_count(res.schemes).items()))
+    if plan is not None:
+        from llm_quantizer.quant_runner.schemes import scheme_label
+
+        by_kind: dict = {}
+        for m, a in res.schemes.items():
+            k = by_kind.setdefault(m.rsplit(".", 1)[-1], {})
+            k[scheme_label(a)] = k.get(scheme_label(a), 0) + 1
+        row["schemes_by_kind"] = by_kind
     return row
 
 
@@ -162,28 +170,40 @@ def main(argv=None) -> int:
     rows = [{"method": "original (Q4_1 GGUF dequantized, bf16)",
              "ppl": perplexity(load_full_model(source, str(device), torch.bfloat16), windows, device)}]
     print(f"original ppl {rows[0]['ppl']:.3f}", flush=True)
+    meta = {"model": "smollm2-135m", "calibration": list(ids.shape),
+            "eval": {"tokens": windows.numel(), "windows": list(windows.shape)},
+            "group_size": args.group_size, "note": "group 64: hidden 576 is not divisible by 128", "rows": rows}
+
+    def save():
+        write_json(args.out, {**meta, "device": _device_name(device), "loadavg_start": load0,
+                              "loadavg_end": os.getloadavg()})
+
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.methods.split(","):
             mixed = name.startswith("mixed")
             row = {"method": f"{name} 4-bit g{args.group_size} sym" if not mixed else f"{name} plan"}
-            plan = None
-            if mixed:
-                em = "local" if "local" in name else "residual"
-                plan, budget = mixed_plan(source, ids, device, args.group_size, em)
-                row.update(budget_bytes=budget, error_model=em, measure_seconds=_MEAS["seconds"])
             t0 = time.perf_counter()
-            rows.append(run_method(name, source, ids, windows, device, args.group_size, Path(tmp), row, plan))
+            try:
+                plan = None
+                if mixed:
+                    em = "local" if "local" in name else "residual"
+                    plan, budget = mixed_plan(source, ids, device, args.group_size, em)
+                    row.update(budget_bytes=budget, error_model=em, measure_seconds=_MEAS["seconds"])
+                rows.append(run_method(name, source, ids, windows, device, args.group_size, Path(tmp), row, plan))
+            except Exception as e:  # noqa: BLE001 - a failed row is reported, the others still run
+                row["error"] = f"{type(e).__name__}: {e}"
+                rows.append(row)
+                print(f"{row['method']}: FAILED {row['error']}", flush=True)
+                save()
+                continue
             row["total_seconds"] = round(time.perf_counter() - t0, 1)
             print(f"{row['method']}: ppl {row['ppl']:.3f}  ({row['quant_seconds']} s)", flush=True)
+            save()
     print(f"\n{'method':40} {'ppl':>8} {'quant s':>8} {'peak MiB':>9} {'weights MB':>11} {'ckpt-fake':>10}")
-    for r in rows:
+    for r in (r for r in rows if "ppl" in r):
         print(f"{r['method']:40} {r['ppl']:8.3f} {r.get('quant_seconds', ''):>8} {r.get('peak_mib', ''):>9} "
               f"{r.get('file_bytes', 0) / 1e6:11.2f} {r.get('max_abs_logit_diff_ckpt_vs_fake', 0):10.2e}")
-    write_json(args.out, {"model": "smollm2-135m", "device": _device_name(device), "calibration": list(ids.shape),
-                          "loadavg_end": os.getloadavg(), "loadavg_start": load0,
-                          "eval": {"tokens": windows.numel(), "windows": list(windows.shape)},
-                          "group_size": args.group_size, "note": "group 64: hidden 576 is not divisible by 128",
-                          "rows": rows})
+    save()
     print(f"wrote {args.out}")
     return 0
 
