@@ -37,12 +37,14 @@ class GPTQOptions(_Strict):
     group_size: int = 128
     act_order: bool = True        # with static groups (GPTQModel / llm-compressor users expect it)
     symmetric: bool = True
+    checkpoint_format: Literal["compressed-tensors", "gptq"] = "compressed-tensors"   # gptq: uniform bits only
 
 
 class AWQOptions(_Strict):
     bits: int = Field(4, ge=2, le=8)
     group_size: int = 128
-    zero_point: bool = False      # asymmetric checkpoints do not load in transformers >= 5.23 (quant_runner.compat)
+    zero_point: bool = False      # asymmetric compressed-tensors checkpoints do not load in transformers >= 5.23
+    checkpoint_format: Literal["compressed-tensors", "awq"] = "compressed-tensors"    # awq (GEMM): uniform 4-bit
 
 
 class ValidationConfig(_Strict):

@@ -189,7 +189,8 @@ def _check_int_options(cfg: RunConfig) -> None:
     from .quant_runner.compat import check_asymmetric
 
     sym = {"gptq": cfg.gptq.symmetric, "awq": not cfg.awq.zero_point}.get(cfg.backend)
-    if sym is False and not cfg.budget:       # with a budget the plan's formats decide (checked later)
+    ct = getattr(getattr(cfg, cfg.backend, None), "checkpoint_format", None) == "compressed-tensors"
+    if sym is False and ct and not cfg.budget:       # with a budget the plan's formats decide (checked later)
         check_asymmetric({"uniform": QuantArgs(4, -1, False)})
 
 

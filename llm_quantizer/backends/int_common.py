@@ -49,14 +49,17 @@ class IntBackend(Backend):
 
         source = source if isinstance(source, ModelSource) else open_source(source)
         schemes = resolve_schemes(source, plan, None if plan is not None else self.default_args(config))
-        check_asymmetric(schemes)
+        fmt = getattr(getattr(config, self.method, None), "checkpoint_format", "compressed-tensors")
+        if fmt == "compressed-tensors":
+            check_asymmetric(schemes)
         ids = calibration_ids(calibration)
         device = getattr(config, "device", None) or "auto"
         res = quantize_int(source, self.method, schemes, ids, Path(out_dir) / layout.QUANTIZED, plan=plan,
                            options=self.options(config), device=device, batch_size=self.batch_size,
-                           progress=self.progress)
+                           progress=self.progress, checkpoint_format=fmt)
         files = sorted(p for p in res.path.iterdir() if p.is_file())
-        info = {"method": self.method, "format": "compressed-tensors pack-quantized",
+        info = {"method": self.method, "format": "compressed-tensors pack-quantized" if fmt == "compressed-tensors"
+                else f"classic {fmt}",
                 "quantization_config": res.quantization_config, "seconds": res.seconds,
                 "tensor_bytes": res.nbytes, "calibration_shape": list(ids.shape)}
         return Artifact(self.name, res.path, files, sum(p.stat().st_size for p in files), info)

@@ -30,9 +30,13 @@ def model_card(source, method: str, schemes: Mapping[str, Optional[QuantArgs]], 
     tags = ["compressed-tensors", method, "llm-quantizer"] + [lab for lab in labels if lab != "BF16"]
     out = ["---", "library_name: transformers", f"base_model: {source.name}", "tags:"]
     out += [f"- {t}" for t in tags] + ["---", "", f"# {source.name} — {method.upper()} (llm-quantizer)", ""]
+    fmt = info.get("checkpoint_format", "compressed-tensors")
+    stored = ("compressed-tensors `pack-quantized` (one config group per bit width / group size / symmetry). "
+              "Embeddings, norms and the LM head stay in bfloat16." if fmt == "compressed-tensors" else
+              f"a classic `quant_method: {fmt}` checkpoint (float16; loads with optimum + gptqmodel). "
+              "Embeddings, norms and the LM head stay in float16.")
     out += [f"Quantized with {_METHODS.get(method, method)} by llm-quantizer {__version__}; weights stored as "
-            "compressed-tensors `pack-quantized` (one config group per bit width / group size / symmetry). "
-            "Embeddings, norms and the LM head stay in bfloat16.", ""]
+            + stored, ""]
     out += ["| scheme | linears |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(counts.items())] + [""]
     details = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))}
     if details:

@@ -133,12 +133,12 @@ class CompressedTensorsWriter:
         self.state = "aborted"
 
 
-def checkpoint_config(source, quantization_config: dict) -> dict:
-    """config.json of the quantized model: the source's config in bf16 plus the quant config."""
+def checkpoint_config(source, quantization_config: dict, dtype: str = CT_DTYPE) -> dict:
+    """config.json of the quantized model: the source's config in ``dtype`` plus the quant config."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     cfg = source.config.to_dict()
-    cfg["dtype"] = CT_DTYPE
+    cfg["dtype"] = dtype
     cfg.pop("torch_dtype", None)
     cfg.pop("_name_or_path", None)
     if not cfg.get("architectures") and cfg.get("model_type") in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:

@@ -18,7 +18,7 @@ from .card import model_card
 from .ct_writer import CompressedTensorsWriter, checkpoint_config
 from .gptq_pass import GPTQOptions, GPTQPass
 from .passes import QuantPass, RTNPass
-from .schemes import QuantizedLinear, ct_config, scheme_label
+from .schemes import CT_DTYPE, QuantizedLinear, ct_config, scheme_label
 
 log = logging.getLogger(__name__)
 METHODS = ("rtn", "gptq", "awq")
@@ -62,6 +62,17 @@ def _make_pass(method: str, schemes, sink, names, options) -> QuantPass:
     raise ConfigError(f"unknown int quantization method {method!r}; known: {', '.join(METHODS)}")
 
 
+def _writer(fmt: str, schemes, plan, final_dir, options):
+    """(quantization_config, writer, checkpoint dtype) for a checkpoint format."""
+    if fmt == "compressed-tensors":
+        return ct_config(schemes, plan), CompressedTensorsWriter(final_dir), CT_DTYPE
+    from .classic import CLASSIC_DTYPE, ClassicWriter, check_classic, classic_config
+
+    args = check_classic(fmt, schemes)
+    return (classic_config(fmt, args, bool(getattr(options, "act_order", False))),
+            ClassicWriter(final_dir, fmt), CLASSIC_DTYPE)
+
+
 def _layer_tensor_names(source):
     by_prefix: dict[str, list[str]] = {}
     lm = source.layer_map
@@ -76,15 +87,18 @@ def _layer_tensor_names(source):
 
 def quantize_int(source, method: str, schemes: Mapping[str, Optional[QuantArgs]], input_ids: Optional[torch.Tensor],
                  final_dir: str | Path, *, plan=None, options=None, device: str = "auto", batch_size: int = 4,
-                 progress: bool = True, keep_fake: bool = False, card_info: Optional[dict] = None) -> IntQuantResult:
-    """Quantize ``source`` layer by layer with ``method`` and write ``final_dir`` atomically."""
+                 progress: bool = True, keep_fake: bool = False, card_info: Optional[dict] = None,
+                 checkpoint_format: str = "compressed-tensors") -> IntQuantResult:
+    """Quantize ``source`` layer by layer with ``method`` and write ``final_dir`` atomically.
+
+    ``checkpoint_format``: ``compressed-tensors`` (pack-quantized, per-layer bits), or for uniform
+    bits the classic ``gptq`` / ``awq`` layouts (``classic``; float16, scales quantized in float16)."""
     t0 = time.perf_counter()
     if input_ids is None:
         if method != "rtn":
             raise CalibrationError(f"{method} needs calibration token ids (N x L)")
         input_ids = torch.zeros(1, 8, dtype=torch.long)      # RTN: layers are only streamed
-    qconfig = ct_config(schemes, plan)
-    writer = CompressedTensorsWriter(final_dir)
+    qconfig, writer, dtype = _writer(checkpoint_format, schemes, plan, final_dir, options)
     sink = _Tee(writer, keep_fake)
     qpass = _make_pass(method, schemes, sink, _layer_tensor_names(source), options)
     try:
@@ -95,7 +109,7 @@ def quantize_int(source, method: str, schemes: Mapping[str, Optional[QuantArgs]]
         for name in source.tensors:
             if not name.startswith(layers):
                 writer.add_tensors({name: source.load(name)})
-        info = {"method": method, "calibration_tokens": int(input_ids.numel()) if method != "rtn" else 0,
+        info = {"method": method, "checkpoint_format": checkpoint_format, "calibration_tokens": int(input_ids.numel()) if method != "rtn" else 0,
                 "device": str(engine.device), **(card_info or {})}
         if options is not None:
             info.update({f"{method}_{k}": v for k, v in asdict(options).items()})
@@ -108,7 +122,7 @@ def quantize_int(source, method: str, schemes: Mapping[str, Optional[QuantArgs]]
             write_json(folder / INFO_FILE, {**info, "schemes": {m: scheme_label(a) for m, a in schemes.items()},
                                             "stats": qpass.stats})
 
-        path = writer.finish(checkpoint_config(source, qconfig), extras)
+        path = writer.finish(checkpoint_config(source, qconfig, dtype), extras)
     except BaseException:
         writer.abort()
         raise
