@@ -72,9 +72,11 @@ def _effective(fmt: str, shape: tuple, has_imatrix: bool) -> str | None:
     return None if f.group_size > 0 and shape[1] % f.group_size else fmt
 
 
-def weighted_errors(dws, h: torch.Tensor, max_numel: int = 1 << 23) -> list[float]:
+def weighted_errors(dws, h: torch.Tensor, max_numel: int = 1 << 21) -> list[float]:
     """``weighted_error`` of each dW (same shape), the dWs stacked into as few matmuls with H as
-    ``max_numel`` allows (small weights: one GEMM for every format instead of one each)."""
+    ``max_numel`` allows (small weights: one GEMM for every format instead of one each). The cap
+    bounds the transient memory (stack, product: ~3 x 8 MB): with 8M elements the probes put the
+    2 GB llama of bench/memory_bench.py over its 25 % budget."""
     out, group = [], []
 
     def flush():
