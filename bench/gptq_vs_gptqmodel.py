@@ -1,0 +1,167 @@
+"""GPTQ wall time and peak memory: ours vs gptqmodel 7.6.0, same model, same token ids, same
+settings (4-bit, group 64, symmetric, act-order, damp 0.01), CPU, each in its own process.
+
+The model is smollm2-135m (the example Q4_1 GGUF dequantized into a bf16 HF folder, which both
+tools load). Calibration: wiki_en_calib.txt, N x 512 tokens (N = --samples). Each child reports
+its wall time, its peak RSS (ru_maxrss) and the load average around it (the box is shared).
+Ours also writes a classic ``quant_method: gptq`` checkpoint; when gptqmodel imports, that
+checkpoint is loaded with transformers and its logits compared with our fake-quant model.
+
+gptqmodel is not a dependency: install it apart (``BUILD_CUDA_EXT=0 pip install --no-deps
+--target DIR gptqmodel==7.6.0 optimum==2.3.0 pypcre logbar device-smi tokenicer defuser
+threadpoolctl``; its numpy==2.2.6 pin is not needed) and pass ``--gptqmodel-path DIR``.
+
+Run: python bench/gptq_vs_gptqmodel.py [--samples 32] [--gptqmodel-path /tmp/gptqm]
+Writes bench/results/gptq_vs_gptqmodel.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+TEXT = ROOT.parent / "shared" / "data" / "text"
+
+
+def _ids(hf_dir: str, samples: int, seq_len: int, text_dir: Path):
+    from llm_quantizer.calibrate import build_calibration, load_documents
+    from llm_quantizer.model import open_source
+
+    tok = open_source(hf_dir).tokenizer()
+    return build_calibration(load_documents([text_dir / "wiki_en_calib.txt"]), tok, samples, seq_len, 0).input_ids
+
+
+def child_ours(hf_dir, out, samples, seq_len, text_dir, group):
+    import torch
+
+    from llm_quantizer.model import open_source
+    from llm_quantizer.quant.rtn import QuantArgs
+    from llm_quantizer.quant_runner import GPTQOptions, quantize_int, resolve_schemes
+
+    ids = _ids(hf_dir, samples, seq_len, text_dir)
+    src = open_source(hf_dir)
+    t0, l0 = time.perf_counter(), os.getloadavg()
+    res = quantize_int(src, "gptq", resolve_schemes(src, None, QuantArgs(4, group, True)), ids, out,
+                       options=GPTQOptions(act_order=True, percdamp=0.01), device="cpu", batch_size=4,
+                       progress=False, checkpoint_format="gptq", keep_fake=True)
+    seconds = time.perf_counter() - t0
+    torch.save({k: v for k, v in res.fake_state.items()}, Path(out).parent / "ours_fake.pt")
+    return {"seconds": round(seconds, 1), "loadavg_start": l0, "loadavg_end": os.getloadavg()}
+
+
+def child_gptqmodel(hf_dir, out, samples, seq_len, text_dir, group):
+    import torch
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    ids = _ids(hf_dir, samples, seq_len, text_dir)
+    calib = [{"input_ids": r[None], "attention_mask": torch.ones_like(r)[None]} for r in ids]
+    t0, l0 = time.perf_counter(), os.getloadavg()
+    qcfg = QuantizeConfig(bits=4, group_size=group, desc_act=True, sym=True, damp_percent=0.01)
+    model = GPTQModel.load(hf_dir, qcfg, device="cpu")
+    model.quantize(calib, batch_size=4)
+    model.save(out)
+    seconds = time.perf_counter() - t0
+    return {"seconds": round(seconds, 1), "loadavg_start": l0, "loadavg_end": os.getloadavg(),
+            "gptqmodel": __import__("gptqmodel").__version__}
+
+
+def _child(argv):
+    fn = {"ours": child_ours, "gptqmodel": child_gptqmodel}[argv[0]]
+    row = fn(argv[1], argv[2], int(argv[3]), int(argv[4]), Path(argv[5]), int(argv[6]))
+    row["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print("RESULT " + json.dumps(row), flush=True)
+
+
+def _run_child(which, hf, out, args, env):
+    cmd = [sys.executable, __file__, "--child", which, str(hf), str(out), str(args.samples), str(args.seq_len),
+           str(args.text_dir), str(args.group_size)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {"error": (p.stderr or p.stdout)[-2000:]}
+
+
+def prepare_hf(model: str, folder: Path) -> Path:
+    import torch
+
+    from llm_quantizer.engine.skeleton import load_full_model
+    from llm_quantizer.model import open_source
+
+    src = open_source(model)
+    m = load_full_model(src, "cpu", torch.bfloat16)
+    m.save_pretrained(folder)
+    src.tokenizer().save_pretrained(folder)
+    return folder
+
+
+def logits_check(hf: Path, ckpt: Path, fake_path: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(0, 1000, (2, 64), generator=torch.Generator().manual_seed(0))
+    loaded = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16, device_map="cpu").eval()
+    ref = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.bfloat16).eval()
+    ref.load_state_dict(torch.load(fake_path, weights_only=True), strict=False)
+    with torch.no_grad():
+        a, b = loaded(ids).logits.float(), ref(ids).logits.float()
+        wdiff = 0.0
+        for name, mod in ref.named_modules():
+            if name.endswith("proj") and hasattr(loaded.get_submodule(name), "qweight"):
+                eye = torch.eye(mod.weight.shape[1], dtype=torch.bfloat16)
+                wdiff = max(wdiff, (loaded.get_submodule(name)(eye).t().float() - mod.weight.float()).abs().max().item())
+    return {"max_abs_logit_diff": (a - b).abs().max().item(), "max_abs_logit": b.abs().max().item(),
+            "max_abs_weight_diff": wdiff}
+
+
+def main(argv=None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _child(sys.argv[2:])
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--group-size", type=int, default=64)
+    ap.add_argument("--text-dir", type=Path, default=TEXT)
+    ap.add_argument("--gptqmodel-path", default=None, help="folder gptqmodel was installed into (--target)")
+    ap.add_argument("--only", default="ours,gptqmodel")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gptq_vs_gptqmodel.json"))
+    args = ap.parse_args(argv)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [args.gptqmodel_path, str(ROOT)])),
+               OMP_NUM_THREADS=str(os.cpu_count()), GPTQMODEL_CPU_WORKERS=str(max(2, os.cpu_count() or 2)))
+    result = {"model": args.model, "calibration": [args.samples, args.seq_len], "group_size": args.group_size,
+              "cpu_count": os.cpu_count(), "settings": "4-bit g64 sym, act-order, damp 0.01, batch 4, CPU", "rows": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        hf = prepare_hf(args.model, tmp / "hf")
+        for which in args.only.split(","):
+            row = _run_child(which, hf, tmp / which, args, env)
+            result["rows"][which] = row
+            print(which, row, flush=True)
+        if "ours" in result["rows"] and "error" not in result["rows"]["ours"] and args.gptqmodel_path:
+            code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); sys.argv = ['x']; "
+                    f"from bench.gptq_vs_gptqmodel import logits_check; "
+                    f"print('RESULT ' + json.dumps(logits_check({str(hf)!r}, {str(tmp / 'ours')!r}, "
+                    f"{str(tmp / 'ours_fake.pt')!r})))")
+            p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+            lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+            result["classic_gptq_reload"] = json.loads(lines[-1][7:]) if lines else {"error": p.stderr[-2000:]}
+            print("classic reload", result["classic_gptq_reload"], flush=True)
+    from llm_quantizer.io import write_json
+
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
