@@ -27,7 +27,7 @@ from llm_quantizer.io import read_json, write_json  # noqa: E402
 from llm_quantizer.plan import Constraints, make_plan  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-CALIB_TEXT = "/work/shared/data/text/wiki_en_calib.txt"
+CALIB_TEXT = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "wiki_en_calib.txt")
 MODELS = ("smollm2-135m", "gemma3-270m")
 FAMILIES = {"gguf": "gguf", "int": "gptq"}          # family -> measure backend
 BUDGETS_BPW = (2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
