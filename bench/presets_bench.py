@@ -12,6 +12,7 @@ stored base: KLD mean / p99, same-top %, ppl. Prints a table, writes JSON + a KL
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -73,7 +74,7 @@ def make_ours(src, work: Path, preset: str, nbytes: int, rounding: str):
     final.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(art.path), final)
     info = {"predicted_bytes": plan.totals.bytes, "predicted_error": plan.totals.predicted_error,
-            "formats": dict(sorted(__import__("collections").Counter(t.format for t in plan.tensors).items()))}
+            "formats": dict(sorted(collections.Counter(t.format for t in plan.tensors).items()))}
     final.with_suffix(".plan.json").write_text(json.dumps(info))
     return final, info
 

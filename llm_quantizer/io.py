@@ -39,7 +39,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         # mkstemp makes 0600; give the final file the mode a plain open() would (0666 & ~umask),
         # keeping execute bits a writer set on purpose (scripts)
-        os.chmod(tmp_path, (0o666 & ~_umask()) | (tmp_path.stat().st_mode & 0o111))
+        os.chmod(tmp_path, (0o666 & ~_UMASK) | (tmp_path.stat().st_mode & 0o111))
         os.replace(tmp_path, final)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -47,10 +47,13 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0)      # the only way to read it; set back at once (done once, at import)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def write_text(final: str | os.PathLike, text: str) -> Path:

@@ -156,9 +156,9 @@ def _validate(src, out, cfg, results, log) -> list[Path]:
     results["validate"] = rep
     for row in rep["comparison"]:
         rate = row.get("rep_before")
-        st = "" if rate is None else f", repetition {rate:.3f} (original {rep['original'].get('repetition_rate', 0):.3f})"
+        rep_txt = "" if rate is None else f", repetition {rate:.3f} (original {rep['original'].get('repetition_rate', 0):.3f})"
         log(f"[validate] {row['label']}: ppl {row['ppl']:.3f} (original {rep['original']['ppl']:.3f}), "
-              f"mean KLD {row['kld_mean']:.4g}, same top {row['same_top_pct']:.1f}%{st}")
+              f"mean KLD {row['kld_mean']:.4g}, same top {row['same_top_pct']:.1f}%{rep_txt}")
     vdir = out / layout.VALIDATION
     return [p for p in vdir.rglob("*") if p.is_file() and not p.name.startswith(".")]
 
