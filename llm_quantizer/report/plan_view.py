@@ -114,6 +114,12 @@ def constraints_note(plan: dict) -> str:
              f"embeddings >= {emb:g} bpw" if is_number(emb) else "",
              "pinned " + ", ".join(f"{a}={b}" for a, b in pairs) if pairs else "",
              "allowed formats: " + ", ".join(map(str, plan.get("allowed_formats") or []))]
+    allowed = {str(f) for f in plan.get("allowed_formats") or []}
+    stored = sorted({str(t.get("format")) for t in plan.get("tensors") or [] if isinstance(t, dict)}
+                    - allowed - {"F32", "F16", "BF16", "None"})
+    if allowed and stored and plan.get("family") == "gguf":
+        facts.append("stored as " + ", ".join(stored) + " where llama.cpp's row-length rule "
+                     "(K-quants need rows that are a multiple of 256) replaces an allowed format")
     return note("Constraints: " + "; ".join(f for f in facts if f) + ".")
 
 

@@ -180,3 +180,14 @@ def test_chromium_renders_page(full_run, tmp_path):
     assert any("Uncaught" in ln for ln in page_problems(r.stderr))
     assert any("example.invalid" in ln for ln in page_problems(r.stderr))
     shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+
+
+def test_constraints_note_names_row_length_fallbacks():
+    from llm_quantizer.report.plan_view import constraints_note
+    plan = {"family": "gguf", "allowed_formats": ["Q4_K", "Q6_K"],
+            "constraints": {"super_weight_min_bits": 6},
+            "tensors": [{"format": "Q4_K"}, {"format": "IQ4_NL"}, {"format": "F32"}, {"format": "Q5_1"}]}
+    text = constraints_note(plan)
+    assert "stored as IQ4_NL, Q5_1 where llama.cpp" in text
+    plan["tensors"] = [{"format": "Q4_K"}, {"format": "F32"}]
+    assert "stored as" not in constraints_note(plan)
