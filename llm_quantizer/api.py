@@ -124,7 +124,8 @@ def plan(output_dir: str | Path, budget, options=None, measurements: dict | None
     gguf_family = any(f.upper() == f and not f.startswith("int") for f in allowed if f not in ("BF16", "F16", "F32"))
     overhead = measurements["model"].get("gguf_overhead_bytes") if gguf_family else None
     cons = Constraints.from_dict({"keep": list(opts.keep), "min_embed_bits": opts.min_embed_bits,
-                                  "super_weight_min_bits": opts.super_weight_min_bits, "overhead_bytes": overhead})
+                                  "super_weight_min_bits": opts.super_weight_min_bits, "overhead_bytes": overhead,
+                                  "int_embeddings": opts.int_embeddings})
     result = make_plan(measurements, budget, allowed_formats=allowed, constraints=cons)
     write_plan(result, output_dir)
     return result

@@ -63,6 +63,7 @@ class PlanOptions(_Strict):
     keep: list[str] = Field(default_factory=list)  # "REGEX=FORMAT" pins
     min_embed_bits: Optional[float] = None
     super_weight_min_bits: Optional[float] = 6.0
+    int_embeddings: Literal["auto", "keep", "quantize"] = "auto"   # int plans: see plan.Constraints
 
 
 class RunConfig(_Strict):

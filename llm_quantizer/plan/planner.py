@@ -1,8 +1,9 @@
 """measurements + budget + constraints -> a per-tensor format plan (multiple-choice knapsack).
 
 Objective: sum over tensors of importance * error. Tensors that are not quantizable (norms,
-1-D), kept by a pattern, or kept by the int backend are fixed; their bytes and the metadata
-overhead count against the budget. The rest are knapsack items over the allowed formats,
+1-D), kept by a pattern, or kept by the int backend (embeddings / lm_head in 16-bit, see
+``Constraints.int_embeddings``) are fixed; their bytes and the metadata overhead count against
+the budget. The rest are knapsack items over the allowed formats,
 minus those below a bit floor (super weights, embeddings / lm_head).
 """
 from __future__ import annotations
@@ -44,14 +45,17 @@ def make_plan(measurements: dict, budget: Budget | str | float,
     budget = Budget.parse(budget)
     infos = error_weights(infos, cons.error_model, family)
     errs, source = ErrorModel(infos), _source_float(model, family)
-    fixed, items = [], []
-    for t in infos:
-        entry = _classify(t, family, formats, cons, errs, source)
-        (items if isinstance(entry, _Item) else fixed).append(entry)
     overhead = cons.overhead_bytes if cons.overhead_bytes is not None else estimate_overhead(family, len(infos))
     budget_bytes = budget.resolve(int(model["original_bytes"]), int(model["total_params"]))
+    keep_kinds = () if family == "int" and cons.int_embeddings == "quantize" else cons.int_keep_kinds
+    fixed, items = _split(infos, family, formats, cons, errs, source, keep_kinds)
+    if (family == "int" and cons.int_embeddings == "auto" and keep_kinds
+            and budget_bytes < overhead + _smallest(fixed, items)):
+        fixed, items = _split(infos, family, formats, cons, errs, source, ())   # embeddings quantized too
     fixed_bytes = overhead + sum(f.bytes for f in fixed)
-    _check_budget(budget, budget_bytes, fixed_bytes, items, int(model["original_bytes"]), formats)
+    kept = [f.name for f in fixed if f.reason == KEPT_BY_BACKEND]
+    hint = f"; {len(kept)} embedding tensor(s) kept in 16-bit (int_embeddings={cons.int_embeddings})" if kept else ""
+    _check_budget(budget, budget_bytes, fixed_bytes, items, int(model["original_bytes"]), formats, hint)
     chosen, sol = _solve(items, budget_bytes - fixed_bytes)
     tensors = _ordered(infos, fixed + chosen)
     totals = _totals(tensors, overhead, budget_bytes, int(model["total_params"]), sol, fixed)
@@ -95,14 +99,28 @@ def _source_float(model: dict, family: str) -> str:
     return _FLOAT_BYTES.get(per_param, "BF16")
 
 
+def _split(infos, family, formats, cons, errs, source, keep_kinds) -> tuple[list[TensorPlan], list[_Item]]:
+    """(fixed tensors, knapsack items); ``keep_kinds``: int tensor kinds kept in 16-bit."""
+    fixed, items = [], []
+    for t in infos:
+        entry = _classify(t, family, formats, cons, errs, source, keep_kinds)
+        (items if isinstance(entry, _Item) else fixed).append(entry)
+    return fixed, items
+
+
+def _smallest(fixed: list[TensorPlan], items: list[_Item]) -> int:
+    """Tensor bytes of the smallest plan (every item at its lightest option)."""
+    return sum(f.bytes for f in fixed) + sum(min(o.bytes for o in it.options) for it in items)
+
+
 def _classify(t: TensorInfo, family: str, formats: list[Format], cons: Constraints,
-              errs: ErrorModel, source: str):
+              errs: ErrorModel, source: str, keep_kinds: tuple[str, ...] = ()):
     if not t.quantizable or len(t.shape) < 2:
         return _fixed(t, source, NOT_QUANTIZABLE, errs, family)
     for pattern, fmt_name in cons.keep:
         if _matches(pattern, t):
             return _fixed(t, _keep_format(fmt_name, family).name, KEPT, errs, family)
-    if family == "int" and t.kind in cons.int_keep_kinds:
+    if family == "int" and t.kind in keep_kinds:
         return _fixed(t, source, KEPT_BY_BACKEND, errs, family)
     options = [o for o in tensor_options(t, formats, errs) if _imatrix_ok(o.format, t, cons)]
     if not options:
@@ -167,13 +185,13 @@ def _tensor_plan(t: TensorInfo, o: Option, reason: str) -> TensorPlan:
                       o.bytes, o.bits, t.importance * o.error, t.importance, o.estimated, reason)
 
 
-def _check_budget(budget, budget_bytes, fixed_bytes, items, original, formats) -> None:
-    lo = fixed_bytes + sum(min(o.bytes for o in it.options) for it in items)
+def _check_budget(budget, budget_bytes, fixed_bytes, items, original, formats, hint: str = "") -> None:
+    lo = _smallest([], items) + fixed_bytes
     rng = f"achievable range is {human_bytes(lo)} to {human_bytes(original)} (original size)"
     if budget_bytes < lo:
         names = ", ".join(f.name for f in formats)
         raise BudgetError(f"budget {budget} ({human_bytes(budget_bytes)}) is below the smallest "
-                          f"plan with formats {names}; {rng}")
+                          f"plan with formats {names}; {rng}{hint}")
     if budget_bytes > original:
         raise BudgetError(f"budget {budget} ({human_bytes(budget_bytes)}) is above the original "
                           f"model size; {rng}")

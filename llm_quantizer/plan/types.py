@@ -20,6 +20,7 @@ NOT_QUANTIZABLE = "not quantizable"
 KEPT_BY_BACKEND = "kept by backend"      # int family: embeddings / lm_head stay 16-bit
 EMBED_KINDS = ("embed", "lm_head")
 ERROR_MODELS = ("auto", "local", "residual")
+INT_EMBEDDINGS = ("auto", "keep", "quantize")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,13 @@ class Constraints:
     ``error_model``: how a tensor's measured error is weighted in the objective: ``local`` (layer
     importance x the linear's own output error), ``residual`` (the measured residual transfer
     factor x that error: the per-token relative error the next layer sees; needs ``transfer`` in
-    the measurements) or ``auto`` (residual for int plans when measured, else local)."""
+    the measurements) or ``auto`` (residual for int plans when measured, else local).
+    ``int_embeddings`` (int family): ``keep`` the ``int_keep_kinds`` (embeddings / lm_head) in
+    16-bit, ``quantize`` them (knapsack items like the linears, ``min_embed_bits`` applies) or
+    ``auto``: keep them while the budget allows it, quantize them when the budget is below the
+    smallest plan that keeps them. A quantized embedding is a compressed-tensors
+    ``pack-quantized`` Embedding, which transformers <= 5.24 ``from_pretrained`` cannot load
+    (``quant_runner.ct_load`` reloads it through compressed-tensors' own decompressor)."""
 
     allowed_formats: tuple[str, ...] = ()
     keep: tuple[tuple[str, str], ...] = ()
@@ -41,10 +48,14 @@ class Constraints:
     int_keep_kinds: tuple[str, ...] = EMBED_KINDS
     imatrix: bool = True
     error_model: str = "auto"
+    int_embeddings: str = "auto"
 
     def __post_init__(self):
         if self.error_model not in ERROR_MODELS:
             raise ConfigError(f"error_model must be one of {', '.join(ERROR_MODELS)}, got {self.error_model!r}")
+        if self.int_embeddings not in INT_EMBEDDINGS:
+            raise ConfigError(f"int_embeddings must be one of {', '.join(INT_EMBEDDINGS)}, "
+                              f"got {self.int_embeddings!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -157,3 +157,34 @@ def test_residual_error_model_weights_by_transfer():
     assert [t for t in plans["local"].tensors if t.name == hot][0].importance == 1.0
     with pytest.raises(ConfigError, match="error_model"):
         Constraints(error_model="global")
+
+
+def _int_floor_kept(meas):
+    """Bytes of the smallest int plan that keeps the embeddings in BF16 (its BudgetError range)."""
+    with pytest.raises(BudgetError, match="kept in 16-bit") as e:
+        make_plan(meas, "1.5bpw", INT, Constraints(int_embeddings="keep"))
+    return e.value
+
+
+@pytest.mark.parametrize("budget", ["2.5bpw", "3bpw", "0.2"])
+def test_int_plan_quantizes_embeddings_below_the_kept_floor(budget):
+    meas = make_measurements(SHAPE, INT)
+    _int_floor_kept(meas)
+    plan = make_plan(meas, budget, INT)                       # int_embeddings="auto"
+    t, by = plan.totals, plan.by_name()
+    assert t.bytes <= t.budget_bytes and t.bytes >= 0.99 * t.budget_bytes
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        fmt = get_format(by[name].format)
+        assert fmt.family == "int" and by[name].bytes == fmt.nbytes(by[name].shape)
+
+
+def test_int_embeddings_quantize_and_min_embed_bits():
+    meas = make_measurements(SHAPE, INT)
+    plan = make_plan(meas, "0.4", INT, Constraints(int_embeddings="quantize"))   # room to keep, but allowed
+    assert plan.totals.bytes >= 0.99 * plan.totals.budget_bytes
+    plan = make_plan(meas, "3bpw", INT, Constraints(min_embed_bits=4.0))
+    for x in plan.tensors:
+        if x.kind in ("embed", "lm_head"):
+            assert x.bits_per_weight >= 4.0 and x.format.startswith("int")
+    with pytest.raises(ConfigError, match="int_embeddings"):
+        Constraints(int_embeddings="sometimes")
