@@ -31,19 +31,33 @@ def model_card(source, method: str, schemes: Mapping[str, Optional[QuantArgs]], 
     out = ["---", "library_name: transformers", f"base_model: {source.name}", "tags:"]
     out += [f"- {t}" for t in tags] + ["---", "", f"# {source.name} — {method.upper()} (llm-quantizer)", ""]
     fmt = info.get("checkpoint_format", "compressed-tensors")
+    lm = source.layer_map
+    outer = {m: schemes.get(m) for m in (lm.embed_path, lm.lm_head_path) if schemes.get(m) is not None}
+    kept = ("Norms stay in bfloat16; " + ", ".join(f"`{m}` is {scheme_label(a)}" for m, a in outer.items())
+            + ("" if lm.lm_head_path in outer or not source.tied_embeddings else " (the tied LM head shares it)")
+            + "." if outer else "Embeddings, norms and the LM head stay in bfloat16.")
     stored = ("compressed-tensors `pack-quantized` (one config group per bit width / group size / symmetry). "
-              "Embeddings, norms and the LM head stay in bfloat16." if fmt == "compressed-tensors" else
+              + kept if fmt == "compressed-tensors" else
               f"a classic `quant_method: {fmt}` checkpoint (float16; loads with optimum + gptqmodel). "
               "Embeddings, norms and the LM head stay in float16.")
     out += [f"Quantized with {_METHODS.get(method, method)} by llm-quantizer {__version__}; weights stored as "
             + stored, ""]
-    out += ["| scheme | linears |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(counts.items())] + [""]
+    out += ["| scheme | modules |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(counts.items())] + [""]
     details = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))}
     if details:
         out += ["Settings: " + ", ".join(f"{k}={v}" for k, v in details.items()), ""]
-    out += ["## Load", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
-            'tok = AutoTokenizer.from_pretrained("path/to/this/folder")', "```", ""]
+    if outer and lm.embed_path in outer:
+        out += ["## Load", "", "The embedding is a packed compressed-tensors Embedding: vLLM with compressed-tensors "
+                "embedding support serves it; transformers <= 5.24 `from_pretrained` cannot load it yet "
+                "(its weight init reads `Embedding.weight`). With llm-quantizer installed:", "",
+                "```python", "from llm_quantizer.quant_runner.ct_load import load_dequantized",
+                "from transformers import AutoTokenizer",
+                'model = load_dequantized("path/to/this/folder")     # decompressed by compressed-tensors',
+                'tok = AutoTokenizer.from_pretrained("path/to/this/folder")', "```", ""]
+    else:
+        out += ["## Load", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
+                'tok = AutoTokenizer.from_pretrained("path/to/this/folder")', "```", ""]
     if asym:
         out += ["Note: asymmetric (zero-point) schemes load with transformers <= 5.22.2 + compressed-tensors "
                 "0.20 or with vLLM; transformers >= 5.23 with compressed-tensors >= 0.18 reports a "

@@ -64,7 +64,11 @@ class CompressedTensorsWriter:
                   quantized: dict[str, QuantizedLinear]) -> None:
         self.add_tensors(tensors)
         for module, q in quantized.items():
-            self._add(pack_linear(module, q))
+            self.add_quantized(module, q)
+
+    def add_quantized(self, module: str, q: QuantizedLinear) -> None:
+        """One quantized module (a linear or an embedding: compressed-tensors packs both alike)."""
+        self._add(pack_linear(module, q))
 
     def add_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """16-bit tensors (norms, biases, kept linears, embeddings): cast to the checkpoint dtype."""

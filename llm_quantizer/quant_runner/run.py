@@ -12,13 +12,13 @@ import torch
 from ..engine import EngineOptions, LayerwiseEngine
 from ..errors import CalibrationError, ConfigError, ModelSourceError
 from ..io import write_json, write_text
-from ..quant.rtn import QuantArgs
+from ..quant.rtn import QuantArgs, quantize_rtn
 from .awq_pass import AWQOptions, AWQPass
 from .card import model_card
 from .ct_writer import CompressedTensorsWriter, checkpoint_config
 from .gptq_pass import GPTQOptions, GPTQPass
 from .passes import QuantPass, RTNPass
-from .schemes import CT_DTYPE, QuantizedLinear, ct_config, scheme_label
+from .schemes import CT_DTYPE, QuantizedLinear, ct_config, embedding_module_names, scheme_label
 
 log = logging.getLogger(__name__)
 METHODS = ("rtn", "gptq", "awq")
@@ -49,6 +49,35 @@ class _Tee:
             self.fake.update({k: v.to(self.writer.dtype) for k, v in tensors.items()})
             self.fake.update({f"{m}.weight": q.dequantize().to(self.writer.dtype) for m, q in quantized.items()})
 
+    def add_outer(self, module: str, q: QuantizedLinear) -> None:
+        """A quantized tensor outside the layers (embedding, lm_head)."""
+        self.writer.add_quantized(module, q)
+        if self.fake is not None:
+            self.fake[f"{module}.weight"] = q.dequantize().to(self.writer.dtype)
+
+
+def _write_outer_tensors(source, schemes, sink: _Tee) -> None:
+    """Everything outside the decoder layers: 16-bit, except the embedding / untied lm_head when
+    the schemes quantize them (RTN: they have no Hessian here; the tied head is the embedding)."""
+    layers = source.layer_map.layers_path + "."
+    for name in source.tensors:
+        if name.startswith(layers):
+            continue
+        module = name[: -len(".weight")] if name.endswith(".weight") else None
+        args = schemes.get(module) if module is not None else None
+        if args is None:
+            sink.writer.add_tensors({name: source.load(name)})
+            continue
+        codes, scales, zeros = _rtn_by_rows(source.load(name), args)
+        sink.add_outer(module, QuantizedLinear(args, codes, scales.to(sink.writer.dtype), zeros))
+
+
+def _rtn_by_rows(w: torch.Tensor, args: QuantArgs, rows: int = 1 << 14):
+    """``quantize_rtn`` over row chunks (rows quantize independently): a 262k-row embedding
+    never has its float32 copies and per-column scale expansions in memory at once."""
+    parts = [quantize_rtn(w[i:i + rows].float(), args) for i in range(0, w.shape[0], rows)]
+    return tuple(torch.cat(p) for p in zip(*parts))
+
 
 def _make_pass(method: str, schemes, sink, names, options) -> QuantPass:
     if method == "gptq":
@@ -62,13 +91,17 @@ def _make_pass(method: str, schemes, sink, names, options) -> QuantPass:
     raise ConfigError(f"unknown int quantization method {method!r}; known: {', '.join(METHODS)}")
 
 
-def _writer(fmt: str, schemes, plan, final_dir, options):
+def _writer(fmt: str, schemes, plan, final_dir, options, source):
     """(quantization_config, writer, checkpoint dtype) for a checkpoint format."""
     if fmt == "compressed-tensors":
         return ct_config(schemes, plan), CompressedTensorsWriter(final_dir), CT_DTYPE
     from .classic import CLASSIC_DTYPE, ClassicWriter, check_classic, classic_config
 
-    args = check_classic(fmt, schemes)
+    outer = set(embedding_module_names(source))
+    if any(schemes.get(m) is not None for m in outer):
+        raise ConfigError(f"a classic {fmt} checkpoint cannot store a quantized embedding / lm_head; "
+                          "write compressed-tensors (the default) or keep them in 16-bit (--int-embeddings keep)")
+    args = check_classic(fmt, {m: a for m, a in schemes.items() if m not in outer})
     return (classic_config(fmt, args, bool(getattr(options, "act_order", False))),
             ClassicWriter(final_dir, fmt), CLASSIC_DTYPE)
 
@@ -98,17 +131,14 @@ def quantize_int(source, method: str, schemes: Mapping[str, Optional[QuantArgs]]
         if method != "rtn":
             raise CalibrationError(f"{method} needs calibration token ids (N x L)")
         input_ids = torch.zeros(1, 8, dtype=torch.long)      # RTN: layers are only streamed
-    qconfig, writer, dtype = _writer(checkpoint_format, schemes, plan, final_dir, options)
+    qconfig, writer, dtype = _writer(checkpoint_format, schemes, plan, final_dir, options, source)
     sink = _Tee(writer, keep_fake)
     qpass = _make_pass(method, schemes, sink, _layer_tensor_names(source), options)
     try:
         engine = LayerwiseEngine(source, EngineOptions(device=device, dtype=torch.float32, batch_size=batch_size,
                                                        progress=progress, run_head=False))
         engine.run(input_ids, [qpass], transform=qpass)
-        layers = source.layer_map.layers_path + "."
-        for name in source.tensors:
-            if not name.startswith(layers):
-                writer.add_tensors({name: source.load(name)})
+        _write_outer_tensors(source, schemes, sink)
         info = {"method": method, "checkpoint_format": checkpoint_format, "calibration_tokens": int(input_ids.numel()) if method != "rtn" else 0,
                 "device": str(engine.device), **(card_info or {})}
         if options is not None:

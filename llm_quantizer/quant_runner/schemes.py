@@ -40,6 +40,13 @@ def layer_linear_names(source) -> list[str]:
     return [f"{lm.layer_prefix(i)}{p}" for i in range(source.num_layers) for p in lm.stored_linears()]
 
 
+def embedding_module_names(source) -> list[str]:
+    """The stored input embedding and (untied) lm_head modules: quantized by RTN outside the
+    layer loop when a plan gives them an int format (a tied lm_head is the embedding)."""
+    lm = source.layer_map
+    return [m for m in (lm.embed_path, lm.lm_head_path) if f"{m}.weight" in source.tensors]
+
+
 def args_for_format(name: str, scale_dtype: str = CT_DTYPE) -> Optional[QuantArgs]:
     """QuantArgs of an ``int*`` format; ``None`` for a float format (kept in 16-bit)."""
     fmt = get_format(name)
@@ -68,13 +75,14 @@ def plan_formats(plan) -> dict[str, str]:
 def resolve_schemes(source, plan=None, default: Optional[QuantArgs] = None) -> dict[str, Optional[QuantArgs]]:
     """The scheme map for ``source``: from ``plan`` if given, else ``default`` everywhere.
 
-    Linears a plan does not mention get ``default`` (``None`` when no default). Quantized
-    formats on embeddings / lm_head / norms are refused: this backend keeps them in 16-bit.
+    Linears a plan does not mention get ``default`` (``None`` when no default). The embedding
+    and an untied lm_head appear only when the plan quantizes them; quantized formats on other
+    tensors (norms, biases) are refused.
     """
     names = layer_linear_names(source)
     schemes: dict[str, Optional[QuantArgs]] = {n: default for n in names}
     if plan is not None:
-        known = set(names)
+        known, extra = set(names), set(embedding_module_names(source))
         for weight, fmt in plan_formats(plan).items():
             module = weight[: -len(".weight")] if weight.endswith(".weight") else weight
             args = args_for_format(fmt)
@@ -82,9 +90,11 @@ def resolve_schemes(source, plan=None, default: Optional[QuantArgs] = None) -> d
                 schemes[module] = args
             elif weight not in source.tensors:
                 raise ConfigError(f"plan tensor {weight} is not in model {source.name}: was the plan made for it?")
-            elif args is not None and not weight.endswith(".bias"):
-                raise ConfigError(f"plan quantizes {weight} to {fmt}: only decoder-layer linears can be "
-                                  "quantized by this backend (keep embeddings / lm_head in BF16)")
+            elif args is not None and module in extra and weight.endswith(".weight"):
+                schemes[module] = args
+            elif args is not None:
+                raise ConfigError(f"plan quantizes {weight} to {fmt}: only linears, the embedding and "
+                                  "the lm_head can be quantized by this backend")
     for module, args in schemes.items():
         if args is not None:
             in_f = source.tensors[module + ".weight"].shape[-1]
@@ -128,7 +138,7 @@ def ct_config(schemes: Mapping[str, Optional[QuantArgs]], plan=None) -> dict:
         groups[f"group_{i}"] = {"targets": ["re:" + rx for rx in compress(modules, universe)],
                                 "weights": ct_weights(*key), "input_activations": None,
                                 "output_activations": None, "format": "pack-quantized"}
-    ignore = sorted([m for m, a in schemes.items() if a is None] + ["lm_head"])
+    ignore = sorted({m for m, a in schemes.items() if a is None} | ({"lm_head"} - set(schemes)))
     return {"quant_method": "compressed-tensors", "format": "pack-quantized",
             "quantization_status": "compressed", "config_groups": groups,
             "ignore": ignore, "kv_cache_scheme": None}

@@ -78,8 +78,14 @@ class HFRuntime(Runtime):
     def from_pretrained(cls, path: str | os.PathLike, dtype=torch.float32, device: str = "cpu") -> "HFRuntime":
         from transformers import AutoModelForCausalLM
 
+        from ..quant_runner.ct_load import load_dequantized, packed_embeddings
+
         try:
+            if packed_embeddings(path):      # transformers <= 5.24 cannot load a packed embedding
+                return cls(load_dequantized(path, dtype=dtype, device=device), name=Path(path).name)
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, device_map=device)
+        except ModelSourceError:
+            raise
         except Exception as e:  # noqa: BLE001 - transformers raises many kinds on a bad checkpoint
             raise ModelSourceError(f"{path}: transformers cannot load it ({e.__class__.__name__}: {e})") from None
         return cls(model, name=Path(path).name)

@@ -27,7 +27,7 @@ def test_resolve_from_mapping_and_defaults(tiny_llama):
 @pytest.mark.parametrize("plan,default,msg", [
     (None, QuantArgs(4, 128), "not divisible by group size 128"),
     ({"model.layers.0.mlp.up_proj.weight": "Q4_K"}, None, "GGUF type"),
-    ({"lm_head.weight": "int4_g32"}, QuantArgs(4, 32), "only decoder-layer linears"),
+    ({"model.norm.weight": "int4_g32"}, QuantArgs(4, 32), "only linears, the embedding and the lm_head"),
     ({"model.layers.0.mlp.up_proj.weight": "BF16"}, None, "nothing to quantize"),
     ({"model.layers.9.mlp.up_proj.weight": "int4_g32"}, None, "is not in model"),
     ({"schema_version": 1, "family": "gguf"}, None, "plan is malformed"),
