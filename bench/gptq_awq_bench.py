@@ -4,7 +4,9 @@ the uniform file size, every quantized model reloaded from its compressed-tensor
 Group size 64, not 128: SmolLM2's hidden size 576 is not divisible by 128 (576 = 9 x 64).
 The example model ships as a Q4_1 GGUF; "original" is that model dequantized (bf16).
 Calibration: wiki_en_calib.txt, N x 512 tokens. Eval: the first 4096 tokens of wiki_en_eval.txt
-in 8 fixed windows of 512 (no overlap), the same ids for every model.
+in 8 fixed windows of 512 (no overlap), the same ids for every model: ppl, and KL(original ||
+model) per token (mean, p99) with the original's top-1 match, against the original's log-probs
+computed once per run (kept on the device: 8 x 511 x 49152 float32, ~0.8 GB).
 
 GPTQ propagates the quantized outputs; ``gptq`` uses act_order with static groups (the default),
 ``gptq-noact`` column order. AWQ is llm-awq's search (symmetric: zero-point checkpoints do not
@@ -51,13 +53,35 @@ def eval_windows(tok, path: Path, n_tokens: int = 4096, window: int = 512) -> to
 
 @torch.no_grad()
 def perplexity(model, windows: torch.Tensor, device, batch: int = 4) -> float:
-    nll, n = 0.0, 0
-    for b in windows.split(batch):
+    return score(model, windows, device, None, batch)["ppl"]
+
+
+@torch.no_grad()
+def base_logprobs(model, windows: torch.Tensor, device, batch: int = 4) -> list[torch.Tensor]:
+    """The original's log-probs at every scored position, kept on ``device`` (once per run)."""
+    return [torch.log_softmax(model(b.to(device)).logits[:, :-1].float(), -1) for b in windows.split(batch)]
+
+
+@torch.no_grad()
+def score(model, windows: torch.Tensor, device, base=None, batch: int = 4) -> dict:
+    """ppl of ``model`` on ``windows`` (every position but the first of each window); with ``base``
+    (``base_logprobs`` of the original) also the per-token KL(original || model): mean, p99, and
+    the share of positions whose top-1 token equals the original's."""
+    nll, n, kl, same = 0.0, 0, [], 0
+    for i, b in enumerate(windows.split(batch)):
         b = b.to(device)
         logp = torch.log_softmax(model(b).logits[:, :-1].float(), -1)
         nll -= logp.gather(-1, b[:, 1:, None]).sum().item()
         n += b[:, 1:].numel()
-    return math.exp(nll / n)
+        if base is not None:
+            p0 = base[i]
+            kl.append((p0.exp() * (p0 - logp)).sum(-1).flatten().cpu())
+            same += int((p0.argmax(-1) == logp.argmax(-1)).sum())
+    out = {"ppl": math.exp(nll / n)}
+    if base is not None:
+        k = torch.cat(kl).double()
+        out.update(kld_mean=float(k.mean()), kld_p99=float(k.quantile(0.99)), same_top_pct=100.0 * same / n)
+    return out
 
 
 def load_checkpoint(path, device):
@@ -108,7 +132,7 @@ def variant(name: str):
             "mixed-awq": ("awq", AWQOptions()), "mixed-rtn": ("rtn", None), "mixed-local-rtn": ("rtn", None)}[name]
 
 
-def run_method(name, source, ids, windows, device, group, work: Path, row: dict, plan=None):
+def run_method(name, source, ids, windows, device, group, work: Path, row: dict, plan=None, base=None):
     method, options = variant(name)
     schemes = resolve_schemes(source, plan, None if plan is not None else QuantArgs(4, group, True))
     if device.type == "cuda":
@@ -118,7 +142,7 @@ def run_method(name, source, ids, windows, device, group, work: Path, row: dict,
     row.update(quant_seconds=round(res.seconds, 1), peak_mib=round(peak_mem(device)), tensor_bytes=res.nbytes,
                file_bytes=sum(p.stat().st_size for p in res.path.glob("*.safetensors")))
     ckpt = load_checkpoint(res.path, device)
-    row["ppl"] = perplexity(ckpt, windows, device)
+    row.update(score(ckpt, windows, device, base))
     ref = fake_model(source, res.fake_state, device)
     with torch.no_grad():
         a, b = ckpt(windows[:2].to(device)).logits.float(), ref(windows[:2].to(device)).logits.float()
@@ -167,8 +191,10 @@ def main(argv=None) -> int:
     tok = source.tokenizer()
     ids = build_calibration(load_documents([text / "wiki_en_calib.txt"]), tok, args.samples, args.seq_len, 0).input_ids
     windows = eval_windows(tok, text / "wiki_en_eval.txt")
-    rows = [{"method": "original (Q4_1 GGUF dequantized, bf16)",
-             "ppl": perplexity(load_full_model(source, str(device), torch.bfloat16), windows, device)}]
+    original = load_full_model(source, str(device), torch.bfloat16)
+    rows = [{"method": "original (Q4_1 GGUF dequantized, bf16)", "ppl": perplexity(original, windows, device)}]
+    base = base_logprobs(original, windows, device)
+    del original
     print(f"original ppl {rows[0]['ppl']:.3f}", flush=True)
     meta = {"model": "smollm2-135m", "calibration": list(ids.shape),
             "eval": {"tokens": windows.numel(), "windows": list(windows.shape)},
@@ -189,7 +215,7 @@ def main(argv=None) -> int:
                     em = "local" if "local" in name else "residual"
                     plan, budget = mixed_plan(source, ids, device, args.group_size, em)
                     row.update(budget_bytes=budget, error_model=em, measure_seconds=_MEAS["seconds"])
-                rows.append(run_method(name, source, ids, windows, device, args.group_size, Path(tmp), row, plan))
+                rows.append(run_method(name, source, ids, windows, device, args.group_size, Path(tmp), row, plan, base))
             except Exception as e:  # noqa: BLE001 - a failed row is reported, the others still run
                 row["error"] = f"{type(e).__name__}: {e}"
                 rows.append(row)
@@ -197,11 +223,14 @@ def main(argv=None) -> int:
                 save()
                 continue
             row["total_seconds"] = round(time.perf_counter() - t0, 1)
-            print(f"{row['method']}: ppl {row['ppl']:.3f}  ({row['quant_seconds']} s)", flush=True)
+            print(f"{row['method']}: ppl {row['ppl']:.3f}  KLD {row['kld_mean']:.4f}  ({row['quant_seconds']} s)", flush=True)
             save()
-    print(f"\n{'method':40} {'ppl':>8} {'quant s':>8} {'peak MiB':>9} {'weights MB':>11} {'ckpt-fake':>10}")
+    print(f"\n{'method':40} {'ppl':>8} {'KLD':>8} {'p99':>7} {'top%':>6} {'quant s':>8} {'peak MiB':>9} "
+          f"{'weights MB':>11} {'ckpt-fake':>10}")
     for r in (r for r in rows if "ppl" in r):
-        print(f"{r['method']:40} {r['ppl']:8.3f} {r.get('quant_seconds', ''):>8} {r.get('peak_mib', ''):>9} "
+        kl = (f"{r['kld_mean']:8.4f} {r['kld_p99']:7.3f} {r['same_top_pct']:6.2f}" if "kld_mean" in r
+              else f"{'':8} {'':7} {'':6}")
+        print(f"{r['method']:40} {r['ppl']:8.3f} {kl} {r.get('quant_seconds', ''):>8} {r.get('peak_mib', ''):>9} "
               f"{r.get('file_bytes', 0) / 1e6:11.2f} {r.get('max_abs_logit_diff_ckpt_vs_fake', 0):10.2e}")
     save()
     print(f"wrote {args.out}")
