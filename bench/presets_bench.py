@@ -51,18 +51,24 @@ def make_preset(src, work: Path, preset: str) -> Path:
     return final
 
 
-def make_ours(src, work: Path, preset: str, nbytes: int, rounding: str):
+def variant_key(rounding: str, error_model: str) -> str:
+    """Row key of one of our variants: ours_<rounding> for the default objective."""
+    return f"ours_{rounding}" + ("" if error_model == "auto" else f"_{error_model}")
+
+
+def make_ours(src, work: Path, preset: str, nbytes: int, rounding: str, error_model: str = "auto"):
     """Our plan at ``nbytes`` (the preset's file size), written like `run` writes it."""
     from llm_quantizer import api
-    from llm_quantizer.config import RunConfig
+    from llm_quantizer.config import PlanOptions, RunConfig
     from llm_quantizer.errors import LLMQuantizerError
 
-    tag = f"ours-{preset.lower()}" + ("" if rounding == "nearest" else f"-{rounding}")
+    tag = (f"ours-{preset.lower()}" + ("" if rounding == "nearest" else f"-{rounding}")
+           + ("" if error_model == "auto" else f"-{error_model}"))
     final = work / "ours" / f"{tag}.gguf"
     if final.exists():
         return final, json.loads(final.with_suffix(".plan.json").read_text())
     try:
-        plan = api.plan(work, str(nbytes))
+        plan = api.plan(work, str(nbytes), options=PlanOptions(error_model=error_model))
     except LLMQuantizerError as e:
         return None, {"error": str(e)}
     cfg = RunConfig(model=str(src.ref), output_dir=str(work))
@@ -80,39 +86,66 @@ def make_ours(src, work: Path, preset: str, nbytes: int, rounding: str):
 
 
 def bench_model(model: str, args) -> list[dict]:
-    from llm_quantizer.validate import ValidateOptions, validate
-
     work = Path(args.work) / model
     src = prepare(model, work, args.samples, args.seq_len)
     arts, rows = [], []
     for preset in args.presets:
         p = make_preset(src, work, preset)
         row = {"model": model, "preset": preset, "llama_file": str(p), "llama_bytes": p.stat().st_size}
-        for rounding in args.rounding:
-            ours, info = make_ours(src, work, preset, p.stat().st_size, rounding)
-            row[f"ours_{rounding}"] = {"file": str(ours) if ours else None, **info}
+        for rounding, em in variants(args):
+            ours, info = make_ours(src, work, preset, p.stat().st_size, rounding, em)
+            key = variant_key(rounding, em)
+            row[key] = {"file": str(ours) if ours else None, **info}
             if ours:
-                row[f"ours_{rounding}"]["bytes"] = ours.stat().st_size
+                row[key]["bytes"] = ours.stat().st_size
                 arts.append(ours)
         arts.append(p)
         rows.append(row)
-    opt = ValidateOptions(ctx=args.ctx, max_eval_tokens=args.eval_tokens, generations=False, search=False)
-    t0 = time.time()
-    rep = validate(src, arts, [TEXT / "wiki_en_eval.txt"], work / "validation_run", opt)
-    by_path = {a["path"]: a for a in rep["artifacts"]}
+    by_path, orig, ev = score_files(src, arts, work, args)
     for row in rows:
         row["llama"] = _scores(by_path[row["llama_file"]])
-        for rounding in args.rounding:
-            o = row[f"ours_{rounding}"]
+        for rounding, em in variants(args):
+            o = row[variant_key(rounding, em)]
             if o.get("file"):
                 o.update(_scores(by_path[o["file"]]))
                 o["kld_vs_llama_pct"] = 100 * (o["kld_mean"] / row["llama"]["kld_mean"] - 1)
-    print(f"{model}: validation of {len(arts)} files {time.time() - t0:.0f} s; original ppl {rep['original']['ppl']:.4f}",
-          flush=True)
     for row in rows:
-        row["original_ppl"] = rep["original"]["ppl"]
-        row["eval"] = {k: rep["eval"][k] for k in ("ctx", "windows", "scored_tokens")}
+        row["original_ppl"] = orig["ppl"]
+        row["eval"] = ev
     return rows
+
+
+def score_files(src, arts: list[Path], work: Path, args):
+    """Validation records by path, the original's record and the eval windows. Scores are cached
+    in ``work/scores.json`` per (file, size, mtime, ctx, eval tokens): a rerun that adds variants
+    evaluates only the new files against the same stored base (the original's top-k log-probs)."""
+    from llm_quantizer.validate import ValidateOptions, validate
+
+    cache_path = work / "scores.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {"files": {}}
+    setting = f"ctx={args.ctx};tokens={args.eval_tokens}"
+
+    def key(a: Path) -> str:
+        st = a.stat()
+        return f"{a}|{st.st_size}|{st.st_mtime_ns}|{setting}"
+
+    todo = [a for a in arts if key(a) not in cache["files"]]
+    if todo or cache.get("setting") != setting:
+        opt = ValidateOptions(ctx=args.ctx, max_eval_tokens=args.eval_tokens, generations=False, search=False)
+        t0 = time.time()
+        rep = validate(src, todo or arts[:1], [TEXT / "wiki_en_eval.txt"], work / "validation_run", opt)
+        print(f"{src.name}: validation of {len(todo)} files {time.time() - t0:.0f} s; "
+              f"original ppl {rep['original']['ppl']:.4f}", flush=True)
+        cache.update(setting=setting, original=rep["original"],
+                     eval={k: rep["eval"][k] for k in ("ctx", "windows", "scored_tokens")})
+        for a in rep["artifacts"]:
+            cache["files"][key(Path(a["path"]))] = a
+        cache_path.write_text(json.dumps(cache, indent=1))
+    return {str(a): cache["files"][key(a)] for a in arts}, cache["original"], cache["eval"]
+
+
+def variants(args) -> list[tuple[str, str]]:
+    return [(r, em) for r in args.rounding for em in args.error_model]
 
 
 def _scores(a: dict) -> dict:
@@ -120,17 +153,17 @@ def _scores(a: dict) -> dict:
             if k in a}
 
 
-def table(rows: list[dict], roundings) -> str:
+def table(rows: list[dict], keys) -> str:
     head = ["model", "preset", "bpw", "llama KLD", "p99", "top%", "ppl"]
-    for r in roundings:
-        head += [f"ours[{r}] bpw", "KLD", "p99", "top%", "ppl", "dKLD%"]
+    for r in keys:
+        head += [f"{r} bpw", "KLD", "p99", "top%", "ppl", "dKLD%"]
     lines = [head]
     for row in rows:
         L = row["llama"]
         line = [row["model"], row["preset"], f"{L['bits_per_weight']:.3f}", f"{L['kld_mean']:.4f}",
                 f"{L['kld_p99']:.3f}", f"{L['same_top_pct']:.1f}", f"{L['ppl']:.3f}"]
-        for r in roundings:
-            o = row[f"ours_{r}"]
+        for r in keys:
+            o = row.get(r, {})
             if "kld_mean" in o:
                 line += [f"{o['bits_per_weight']:.3f}", f"{o['kld_mean']:.4f}", f"{o['kld_p99']:.3f}",
                          f"{o['same_top_pct']:.1f}", f"{o['ppl']:.3f}", f"{o['kld_vs_llama_pct']:+.1f}"]
@@ -141,7 +174,7 @@ def table(rows: list[dict], roundings) -> str:
     return "\n".join("  ".join(str(c).rjust(w[i]) for i, c in enumerate(l)) for l in lines)
 
 
-def plot(rows: list[dict], roundings, path: Path) -> None:
+def plot(rows: list[dict], keys, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,11 +188,10 @@ def plot(rows: list[dict], roundings, path: Path) -> None:
                 label="llama.cpp preset")
         for r0 in rs:
             ax.annotate(r0["preset"], (r0["llama"]["bits_per_weight"], r0["llama"]["kld_mean"]), fontsize=7)
-        for rd in roundings:
-            pts = [(r[f"ours_{rd}"]["bits_per_weight"], r[f"ours_{rd}"]["kld_mean"]) for r in rs
-                   if "kld_mean" in r[f"ours_{rd}"]]
+        for rd in keys:
+            pts = [(r[rd]["bits_per_weight"], r[rd]["kld_mean"]) for r in rs if "kld_mean" in r.get(rd, {})]
             if pts:
-                ax.plot(*zip(*pts), "s--", label=f"llm-quantizer plan ({rd})")
+                ax.plot(*zip(*pts), "s--", label=f"llm-quantizer plan ({rd.removeprefix('ours_')})")
         ax.set(xlabel="bits per weight (whole file)", ylabel="mean KLD vs original", yscale="log", title=m)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -172,6 +204,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
     ap.add_argument("--presets", nargs="+", default=list(PRESETS))
     ap.add_argument("--rounding", nargs="+", default=["nearest"], help="nearest and/or gptq")
+    ap.add_argument("--error-model", nargs="+", default=["auto"], choices=["auto", "local", "residual"],
+                    help="planner objective(s) (plan.error_model); each one is a column")
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--ctx", type=int, default=512)
@@ -183,10 +217,11 @@ def main() -> None:
     rows = []
     for m in args.models:
         rows += bench_model(m, args)
-    print(table(rows, args.rounding))
+    keys = [variant_key(r, em) for r, em in variants(args)]
+    print(table(rows, keys))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    plot(rows, args.rounding, out.with_suffix(".png"))
+    plot(rows, keys, out.with_suffix(".png"))
     out.write_text(json.dumps({"args": vars(args), "seconds": round(time.time() - t0, 1),
                                "loadavg_start": load0, "loadavg_end": os.getloadavg(), "rows": rows}, indent=2))
     print(f"wrote {out} and {out.with_suffix('.png')}")

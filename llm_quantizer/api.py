@@ -125,7 +125,7 @@ def plan(output_dir: str | Path, budget, options=None, measurements: dict | None
     overhead = measurements["model"].get("gguf_overhead_bytes") if gguf_family else None
     cons = Constraints.from_dict({"keep": list(opts.keep), "min_embed_bits": opts.min_embed_bits,
                                   "super_weight_min_bits": opts.super_weight_min_bits, "overhead_bytes": overhead,
-                                  "int_embeddings": opts.int_embeddings})
+                                  "int_embeddings": opts.int_embeddings, "error_model": opts.error_model})
     result = make_plan(measurements, budget, allowed_formats=allowed, constraints=cons)
     write_plan(result, output_dir)
     return result

@@ -31,6 +31,8 @@ CONFIG_FLAGS: list[tuple[tuple[str, ...], str, object, str]] = [
     (("--min-embed-bits",), "plan.min_embed_bits", float, "minimum bits per weight for embeddings / lm_head"),
     (("--int-embeddings",), "plan.int_embeddings", str,
      "int plans: auto (quantize embeddings / lm_head only when the budget needs it) | keep (16-bit) | quantize"),
+    (("--error-model",), "plan.error_model", str,
+     "planner objective weights: local (layer importance) | residual (measured residual transfer) | auto"),
     (("--super-weight-min-bits",), "plan.super_weight_min_bits", float,
      "minimum bits per weight of a tensor holding a super weight"),
     (("--llamacpp-type",), "gguf.llamacpp_type", str, "one llama.cpp type for the whole model, e.g. q4_k_m"),

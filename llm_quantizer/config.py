@@ -64,6 +64,7 @@ class PlanOptions(_Strict):
     min_embed_bits: Optional[float] = None
     super_weight_min_bits: Optional[float] = 6.0
     int_embeddings: Literal["auto", "keep", "quantize"] = "auto"   # int plans: see plan.Constraints
+    error_model: Literal["auto", "local", "residual"] = "auto"     # see plan.Constraints.error_model
 
 
 class RunConfig(_Strict):

@@ -179,3 +179,24 @@ def test_legacy_flags_map_onto_config(tmp_path, capsys):
     assert cfg.calibration.generate and cfg.skip_importance and cfg.device == "cpu"
     assert (cfg.awq.group_size, cfg.awq.zero_point, cfg.gptq.group_size, cfg.gptq.act_order) == (64, True, 32, True)
     assert legacy.main(["--list-methods"]) == 0
+
+
+def test_error_model_flag_reaches_the_planner(tmp_path, capsys):
+    """--error-model maps onto plan.error_model, and api.plan hands it to the planner's constraints."""
+    from llm_quantizer import api
+    from llm_quantizer.io import write_json
+    from llm_quantizer.plan.synthetic import Shape, make_measurements
+
+    a = tmp_path / "a.json"
+    rc, _, _ = _run(["run", "smollm2-135m", "--error-model", "residual", "--export-config", str(a)], capsys)
+    assert rc == 0 and RunConfig.load(a).plan.error_model == "residual"
+    rc, _, err = _run(["run", "smollm2-135m", "--error-model", "global", "--export-config", str(a)], capsys)
+    _assert_one_line_error(rc, err, "error_model")
+    meas = make_measurements(Shape(num_layers=2, hidden=64, intermediate=128, n_heads=4, n_kv_heads=2, vocab=256),
+                             ["int4_g32", "int8_g32", "BF16"], seed=1)
+    for t in meas["tensors"]:
+        t["transfer"] = 1.0 if t["layer"] is not None and t["quantizable"] else None
+    meas["formats"] = ["int4_g32", "int8_g32", "BF16"]
+    write_json(tmp_path / "measurements.json", meas)
+    plan = api.plan(tmp_path, "0.9", options=RunConfig.load(a).plan.model_copy(update={"error_model": "local"}))
+    assert plan.constraints.error_model == "local"
