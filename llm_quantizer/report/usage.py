@@ -83,9 +83,14 @@ def hf_usage(run: RunFiles, art: Artifact) -> str:
     d = run.rel(art.path)
     gen = _own_file(run, rec, "generation_config.json")
     gen_dir = str(Path(gen).parent) if gen else None
+    from ..quant_runner.ct_load import packed_embeddings
+
+    load = (f"model = AutoModelForCausalLM.from_pretrained({d!r}, device_map=\"auto\")\n"
+            if not (Path(art.path).is_dir() and packed_embeddings(art.path)) else
+            "from llm_quantizer.quant_runner.ct_load import load_dequantized  # packed embedding: "
+            "transformers <= 5.24 cannot load it\n" f"model = load_dequantized({d!r})\n")
     py = ("from transformers import AutoModelForCausalLM, AutoTokenizer" + (", GenerationConfig" if gen else "") + "\n"
-          f"tok = AutoTokenizer.from_pretrained({d!r})\n"
-          f"model = AutoModelForCausalLM.from_pretrained({d!r}, device_map=\"auto\")\n"
+          f"tok = AutoTokenizer.from_pretrained({d!r})\n" + load
           + (f"gen = GenerationConfig.from_pretrained({gen_dir!r})  # repetition-safe sampling\n" if gen else "")
           + f"ids = tok({PROMPT!r}, return_tensors=\"pt\").to(model.device)\n"
           + "print(tok.decode(model.generate(**ids, max_new_tokens=128"
