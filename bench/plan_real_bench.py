@@ -67,7 +67,8 @@ def constraints_for(measurements: dict, allowed, int_embeddings: str = "auto") -
     overhead = measurements["model"].get("gguf_overhead_bytes") if gguf_family else None
     return Constraints.from_dict({"keep": list(opts.keep), "min_embed_bits": opts.min_embed_bits,
                                   "super_weight_min_bits": opts.super_weight_min_bits,
-                                  "overhead_bytes": overhead, "int_embeddings": opts.int_embeddings})
+                                  "overhead_bytes": overhead, "int_embeddings": opts.int_embeddings,
+                                  "error_model": opts.error_model})
 
 
 def plan_rows(model: str, family: str, measurements: dict, int_embeddings: str = "auto") -> list[dict]:
