@@ -3,6 +3,11 @@
 Codes, scales and zeros follow ``rtn`` (compressed-tensors conventions). Works on whatever
 device W and H live on. Group qparams (non-static) are taken from the fully updated W at each
 group boundary, i.e. what the column-by-column algorithm sees.
+
+Speed (CPU): H is factored once per input (``factor_hessian``) and shared by the weights it
+feeds; such weights can be stacked along the rows and solved in one column loop; the loop works
+on the block transposed (a column is a contiguous row) with per-group float32 qparams ready, and
+reports the loss per row from the scaled errors. The arithmetic per element is the reference's.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import BackendError
-from .rtn import QuantArgs, compute_qparams, dequantize, dequantize_values, quantize_values
+from .rtn import QuantArgs, compute_qparams, dequantize
 
 log = logging.getLogger(__name__)
 
@@ -47,27 +52,40 @@ class HessianAccumulator:
 class GPTQResult:
     """Everything in the ORIGINAL column order.
 
-    qweight_fake: ``dequantize(codes, scales, zeros, g_idx)``, dtype = scale dtype.
     codes: int8 [out, in] signed. scales: [out, G] scale dtype. zeros: int8 [out, G].
     g_idx: int32 [in], group of each column (``arange(in) // group_size`` unless act_order
-    without static groups). perm: processing order (act_order) or None. loss: sum of
-    ``(w - q)^2 / d^2 / 2`` as the reference reports. percdamp: the damping actually used.
+    without static groups). perm: processing order (act_order) or None. row_loss: float64 [out],
+    per row the sum of ``(w - q)^2 / d^2 / 2`` as the reference reports; loss: its sum.
+    percdamp: the damping actually used.
     """
 
-    qweight_fake: torch.Tensor
     codes: torch.Tensor
     scales: torch.Tensor
     zeros: torch.Tensor
     g_idx: torch.Tensor
     perm: torch.Tensor | None
-    loss: float
+    row_loss: torch.Tensor
     percdamp: float
+
+    @property
+    def loss(self) -> float:
+        return self.row_loss.sum().item()
+
+    @property
+    def qweight_fake(self) -> torch.Tensor:
+        """``dequantize(codes, scales, zeros, g_idx)``, dtype = scale dtype."""
+        return dequantize(self.codes, self.scales, self.zeros, self.g_idx)
 
     @property
     def contiguous_groups(self) -> bool:
         """True when g_idx is ``arange // group_size`` (storable without g_idx)."""
         n, g = self.g_idx.numel(), self.scales.shape[1]
         return torch.equal(self.g_idx.cpu().long(), torch.arange(n) // (n // g))
+
+    def rows(self, start: int, stop: int) -> "GPTQResult":
+        """The result of rows start:stop (a part of a stacked solve; rows are independent)."""
+        return replace(self, codes=self.codes[start:stop], scales=self.scales[start:stop],
+                       zeros=self.zeros[start:stop], row_loss=self.row_loss[start:stop])
 
 
 def inverse_hessian_cholesky(H: torch.Tensor, percdamp: float, retry=(0.03, 0.1, 0.3, 1.0)):
@@ -95,90 +113,122 @@ def inverse_hessian_cholesky(H: torch.Tensor, percdamp: float, retry=(0.03, 0.1,
     )
 
 
-class _Groups:
-    """Per-column qparams: channel, static (precomputed) or dynamic (at group boundaries)."""
+@dataclass
+class HessianFactor:
+    """What the solve needs from H, shared by every weight fed the same input (q/k/v, gate/up).
 
-    def __init__(self, W, args, static):
-        self.args, self.perm = args, None
+    dead: inputs never seen (diag 0; their H entry set to 1, their W columns zeroed). perm: the
+    act-order processing order or None. Hinv: upper Cholesky factor of the damped, permuted H^-1.
+    """
+
+    dead: torch.Tensor
+    perm: torch.Tensor | None
+    Hinv: torch.Tensor
+    percdamp: float
+
+
+def factor_hessian(H: torch.Tensor, percdamp: float = 0.01, act_order: bool = False) -> HessianFactor:
+    H = H.detach().float().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
+    if perm is not None:
+        H = H[perm][:, perm]
+    Hinv, used = inverse_hessian_cholesky(H, percdamp)
+    return HessianFactor(dead, perm, Hinv, used)
+
+
+class _Groups:
+    """Per-column qparams: channel, static (precomputed) or dynamic (at group boundaries).
+
+    ``table``: (scale, zero) [out, 1] per group in group order; ``col(j)``: float32 (scale, zero)
+    rows for processing index j."""
+
+    def __init__(self, W, args, static, perm):
         self.col_args = replace(args, group_size=-1)
         self.gl = args.group_len(W.shape[1])
         self.dynamic = args.group_size != -1 and not static
-        self.table = [] if self.dynamic else [
-            compute_qparams(W[:, g:g + self.gl], self.col_args) for g in range(0, W.shape[1], self.gl)
-        ]
+        self.table, self._f32 = [], []
+        if not self.dynamic:
+            for g in range(0, W.shape[1], self.gl):
+                self._add(compute_qparams(W[:, g:g + self.gl], self.col_args))
+        cols = torch.arange(W.shape[1]) if perm is None or self.dynamic else perm.cpu()
+        self.gids = (cols // self.gl).to(torch.int32)
+        self._g = self.gids.tolist()
 
-    def at(self, i: int, current_cols):
-        """(group id, (scale, zero) [out, 1]) for processing index i; current_cols() gives W."""
-        if self.dynamic:
-            if i % self.gl == 0:
-                self.table.append(compute_qparams(current_cols(), self.col_args))
-            return i // self.gl, self.table[-1]
-        g = (i if self.perm is None else int(self.perm[i])) // self.gl
-        return g, self.table[g]
+    def _add(self, sz):
+        self.table.append(sz)
+        self._f32.append((sz[0][:, 0].float().contiguous(), sz[1][:, 0].float().contiguous()))
+
+    def new_group(self, current):
+        """Dynamic groups: qparams of the group starting here, from its current columns [out, gl]."""
+        self._add(compute_qparams(current, self.col_args))
+
+    def col(self, j: int):
+        return self._f32[self._g[j]]
 
 
-def _prepare(W, H, args, static_groups):
+def gptq_quantize(W: torch.Tensor, H: torch.Tensor | None, args: QuantArgs, blocksize: int = 128,
+                  percdamp: float = 0.01, act_order: bool = False, static_groups: bool = False,
+                  factor: HessianFactor | None = None) -> GPTQResult:
+    """Quantize W [out, in] with Hessian H [in, in] (from ``HessianAccumulator``), or with its
+    ``factor_hessian(H, percdamp, act_order)`` computed once for every weight sharing H.
+
+    Rows are independent: weights sharing H and ``args`` may be stacked along dim 0 and solved
+    once (``GPTQResult.rows`` splits the result)."""
+    if factor is None:
+        factor = factor_hessian(H, percdamp, act_order)
     W = W.detach().float().clone()
-    H = H.detach().to(W.device).clone()
     # as the reference: channel qparams come from W before dead columns are zeroed
-    channel = _Groups(W, args, True) if args.group_size == -1 else None
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    return W, H, channel or _Groups(W, args, static_groups)
-
-
-def gptq_quantize(W: torch.Tensor, H: torch.Tensor, args: QuantArgs, blocksize: int = 128,
-                  percdamp: float = 0.01, act_order: bool = False,
-                  static_groups: bool = False) -> GPTQResult:
-    """Quantize W [out, in] with Hessian H [in, in] (from ``HessianAccumulator``)."""
-    W, H, groups = _prepare(W, H, args, static_groups)
-    rows, cols = W.shape
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
+    channel = _Groups(W, args, True, None) if args.group_size == -1 else None
+    W[:, factor.dead.to(W.device)] = 0
+    perm = factor.perm
+    groups = channel or _Groups(W, args, static_groups, perm)
     if perm is not None:
-        W, H = W[:, perm], H[perm][:, perm]
-        groups.perm = perm.tolist()
-    Hinv, used = inverse_hessian_cholesky(H, percdamp)
-    Hinv = Hinv.to(W.dtype)
+        W = W[:, perm]
+    Hinv = factor.Hinv.to(W.device, W.dtype)
     if groups.dynamic and blocksize % groups.gl and groups.gl % blocksize:
         blocksize = max(1, blocksize // groups.gl) * groups.gl  # groups must not straddle blocks
-    codes = torch.zeros(rows, cols, dtype=torch.int8, device=W.device)
-    gids = torch.zeros(cols, dtype=torch.int32, device=W.device)
-    loss = torch.zeros((), dtype=torch.float64, device=W.device)
+    rows, cols = W.shape
+    codes = torch.empty(rows, cols, dtype=torch.int8, device=W.device)
+    row_loss = torch.zeros(rows, dtype=torch.float64, device=W.device)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        Err1, block_loss = _quantize_block(W, Hinv, i1, i2, groups, args, codes, gids)
-        loss += block_loss
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # lazy batch update of the later columns
-    return _finish(codes, gids, groups, perm, loss.item(), used)
-
-
-def _quantize_block(W, Hinv, i1, i2, groups, args, codes, gids):
-    """Columns i1:i2 one by one (writing codes, gids); returns (scaled errors, loss)."""
-    W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
-    Err1 = torch.zeros_like(W1)
-    loss = torch.zeros((), dtype=torch.float64, device=W.device)
-    gl = groups.gl
-    for i in range(i2 - i1):
-        w, d = W1[:, i], Hinv1[i, i]
-        # the group's current columns: in W1 if the group fits in this block, else (i == 0) in W
-        cur = (lambda: W1[:, i:i + gl]) if i + gl <= i2 - i1 else (lambda: W[:, i1 + i:i1 + i + gl])
-        g, (s, z) = groups.at(i1 + i, cur)
-        c = quantize_values(w, s[:, 0], z[:, 0], args)
-        q = dequantize_values(c, s[:, 0], z[:, 0]).float()
-        codes[:, i1 + i], gids[i1 + i] = c, g
-        loss += ((w - q) ** 2).sum().double() / d.double() ** 2 / 2
-        err = (w - q) / d
-        W1[:, i:] -= torch.outer(err, Hinv1[i, i:])
-        Err1[:, i] = err
-    return Err1, loss
-
-
-def _finish(codes, gids, groups, perm, loss, percdamp) -> GPTQResult:
+        Err1, C1 = _quantize_block(W, Hinv, i1, i2, groups, args)
+        codes[:, i1:i2] = C1.t()
+        row_loss += Err1.double().pow(2).sum(0) / 2
+        W[:, i2:] -= Err1.t().contiguous() @ Hinv[i1:i2, i2:]  # lazy batch update of the later columns
     scales = torch.cat([s for s, _ in groups.table], dim=1)
     zeros = torch.cat([z for _, z in groups.table], dim=1)
+    gids = groups.gids.to(W.device)       # per processing index
     if perm is not None:
         inv = torch.argsort(perm)
-        codes, gids = codes[:, inv], gids[inv]
-    fake = dequantize(codes, scales, zeros, gids)
-    return GPTQResult(fake, codes, scales, zeros, gids, perm, loss, percdamp)
+        codes, gids = codes[:, inv], gids[inv.to(gids.device)]
+    return GPTQResult(codes, scales, zeros, gids, perm, row_loss, factor.percdamp)
+
+
+def _quantize_block(W, Hinv, i1, i2, groups, args):
+    """Columns i1:i2 one by one. Works on the block transposed ([cols, out], a column is a
+    contiguous row). Returns (scaled errors, codes as float), both [i2 - i1, out].
+
+    Per column exactly the arithmetic of ``rtn.quantize_values`` / ``dequantize_values``:
+    ``(c - z) * s`` is exact in float32 for integer c, z in [-128, 127] and a 16-bit scale, so
+    rounding it once to the scale dtype equals the 16-bit product."""
+    W1, Hinv1 = W[:, i1:i2].t().contiguous(), Hinv[i1:i2, i1:i2]
+    Err1, C1 = torch.empty_like(W1), torch.empty_like(W1)
+    sdt, gl, qmin, qmax = args.torch_scale_dtype, groups.gl, args.qmin, args.qmax
+    for i in range(i2 - i1):
+        j = i1 + i
+        if groups.dynamic and j % gl == 0:
+            # the group's current columns: in W1 if it fits in this block, else (i == 0) in W
+            groups.new_group(W1[i:i + gl].t() if i + gl <= i2 - i1 else W[:, j:j + gl])
+        s, z = groups.col(j)
+        w = W1[i]
+        c = torch.clamp(w / s + z, qmin, qmax).round_()
+        q = (c - z).mul_(s)
+        if sdt != torch.float32:
+            q = q.to(sdt).float()
+        err = (w - q).div_(Hinv1[i, i])
+        W1[i + 1:] -= torch.outer(Hinv1[i, i + 1:], err)
+        Err1[i], C1[i] = err, c
+    return Err1, C1

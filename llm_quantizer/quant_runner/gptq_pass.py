@@ -8,12 +8,15 @@ inputs with the earlier stages already quantized (the forward stops at the hooke
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from ..engine.observers.activations import shared_inputs
-from ..quant.gptq import HessianAccumulator, gptq_quantize
+from ..errors import BackendError
+from ..quant.gptq import HessianAccumulator, factor_hessian, gptq_quantize
 from .passes import QuantPass, to_cpu_result
 
 
@@ -71,29 +74,60 @@ class GPTQPass(QuantPass):
         return [p for p in ctx.linears if self._shared.get(p, p) == owner and self.args(ctx, p) is not None]
 
     def quantize_linear(self, ctx, path, args):
-        acc = self._acc[self._shared.get(path, path)]
-        w = ctx.linears[path].weight.detach()
+        stats, res = self._solve(ctx, self._shared.get(path, path), [path])
+        self.stats.update(stats)
+        return res[path]
+
+    def _solve(self, ctx, owner: str, paths: list[str]):
+        """The linears ``paths`` fed ``owner``'s input: H factored once, one solve per scheme with
+        their weights stacked along the rows (rows are independent: the same codes as one solve
+        each). Returns (stats, {path: QuantizedLinear})."""
         o = self.options
-        res = gptq_quantize(w, acc.H, args, blocksize=o.blocksize, percdamp=o.percdamp,
-                            act_order=o.act_order, static_groups=o.act_order)
-        if not res.contiguous_groups:       # cannot happen with static groups; guard the format
-            raise RuntimeError(f"GPTQ produced non-contiguous groups for {ctx.prefix}{path}")
-        self.stats[ctx.prefix + path] = {"loss": res.loss, "percdamp": res.percdamp}
-        return to_cpu_result(args, res.codes, res.scales, res.zeros)
+        factor = factor_hessian(self._acc[owner].H, o.percdamp, o.act_order)
+        by_args: dict = {}
+        for p in paths:
+            by_args.setdefault(self.args(ctx, p), []).append(p)
+        stats, out = {}, {}
+        for args, ps in by_args.items():
+            ws = [ctx.linears[p].weight.detach() for p in ps]
+            res = gptq_quantize(torch.cat(ws) if len(ws) > 1 else ws[0], None, args, blocksize=o.blocksize,
+                                static_groups=o.act_order, factor=factor)
+            start = 0
+            for p, w in zip(ps, ws):
+                r = res.rows(start, start + w.shape[0])
+                start += w.shape[0]
+                if not r.contiguous_groups:     # cannot happen with static groups; guard the format
+                    raise RuntimeError(f"GPTQ produced non-contiguous groups for {ctx.prefix}{p}")
+                stats[ctx.prefix + p] = {"loss": r.loss, "percdamp": r.percdamp}
+                out[p] = to_cpu_result(args, r.codes, r.scales, r.zeros)
+        return stats, out
 
     def __call__(self, ctx):
         try:
-            if not self.options.true_sequential:
-                return super().__call__(ctx)
-            done = {}
-            for owner in self._order:
-                stage = self._stage(ctx, owner)
-                if stage and done:
-                    self._acc[owner] = self._rehessian(ctx, owner)
-                for p in stage:
-                    done[p] = q = self.quantize_linear(ctx, p, self.args(ctx, p))
-                    w = ctx.linears[p].weight
-                    w.data.copy_(q.dequantize().to(w.device, w.dtype))
+            stages = [(owner, s) for owner in self._order if (s := self._stage(ctx, owner))]
+            if self.options.true_sequential:
+                results = []
+                for owner, stage in stages:
+                    if results:
+                        self._acc[owner] = self._rehessian(ctx, owner)
+                    results += run_single_threaded([partial(self._solve, ctx, owner, stage)])
+                    for p, q in results[-1][1].items():
+                        w = ctx.linears[p].weight
+                        w.data.copy_(q.dequantize().to(w.device, w.dtype))
+            else:
+                # largest input first: the down projection's factor and solve take longest
+                stages.sort(key=lambda st: -ctx.linears[st[0]].in_features)
+                results = run_single_threaded([partial(self._solve, ctx, o, s) for o, s in stages],
+                                              parallel=next(iter(ctx.linears.values())).weight.device.type == "cpu")
+            stats, solved = {}, {}
+            for st, res in results:
+                stats.update(st)
+                solved.update(res)
+            missing = [p for p in ctx.linears if self.args(ctx, p) is not None and p not in solved]
+            if missing:
+                raise BackendError(f"GPTQ: no calibration input reached {ctx.prefix}{missing[0]}")
+            done = {p: solved[p] for p in ctx.linears if p in solved}
+            self.stats.update({ctx.prefix + p: stats[ctx.prefix + p] for p in done})
             self.emit(ctx, done)
             return self.propagate and bool(done)
         finally:
@@ -119,3 +153,24 @@ class GPTQPass(QuantPass):
         finally:
             handle.remove()
         return acc
+
+
+def run_single_threaded(jobs, parallel: bool = True) -> list:
+    """Run ``jobs`` (callables) with torch on one thread each, as many at once as torch has
+    threads; results in order. GPTQ's column loop is thousands of small ops: split over 2 OpenMP
+    threads each op waits for the other thread (on a loaded 2-core box, 10x the wall time of one
+    thread), while one op stream per core never waits. ``parallel=False`` (CUDA): one at a time."""
+    n = torch.get_num_threads()
+    workers = min(n, len(jobs)) if parallel else 1
+
+    def one(job):
+        torch.set_num_threads(1)
+        return job()
+
+    try:
+        if workers <= 1:
+            return [one(job) for job in jobs]
+        with ThreadPoolExecutor(workers) as ex:
+            return list(ex.map(one, jobs))
+    finally:
+        torch.set_num_threads(n)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llm_quantizer.errors import BackendError
-from llm_quantizer.quant.gptq import HessianAccumulator, gptq_quantize
+from llm_quantizer.quant.gptq import HessianAccumulator, factor_hessian, gptq_quantize
 from llm_quantizer.quant.rtn import QuantArgs, compute_qparams, dequantize, quantize, quantize_rtn
 
 ROWS, COLS = 48, 64
@@ -148,3 +148,20 @@ def test_runs_on_cuda():
     args = QuantArgs(bits=4, group_size=16)
     res = gptq_quantize(W.cuda(), _hessian(X).cuda(), args, act_order=True)
     assert res.codes.is_cuda and res.qweight_fake.is_cuda
+
+
+@pytest.mark.parametrize("gs,act_order,static", [(16, True, True), (16, False, False), (-1, True, False)])
+def test_stacked_rows_with_shared_factor_equal_separate_solves(gs, act_order, static):
+    """Weights fed the same input (q/k/v) share H: one factor, one stacked solve, the same bits."""
+    W, X = _data(8)
+    W2 = torch.randn(24, COLS, generator=torch.Generator().manual_seed(9)) * 0.05
+    H = _hessian(X)
+    args = QuantArgs(bits=4, group_size=gs, symmetric=False)
+    factor = factor_hessian(H, 0.01, act_order)
+    both = gptq_quantize(torch.cat([W, W2]), None, args, act_order=act_order, static_groups=static, factor=factor)
+    for part, w in ((both.rows(0, ROWS), W), (both.rows(ROWS, ROWS + 24), W2)):
+        one = gptq_quantize(w, H, args, act_order=act_order, static_groups=static)
+        assert torch.equal(part.codes, one.codes) and torch.equal(part.scales, one.scales)
+        assert torch.equal(part.zeros, one.zeros) and torch.equal(part.g_idx, one.g_idx)
+        assert torch.equal(part.row_loss, one.row_loss)
+    assert abs(both.loss - both.row_loss.sum().item()) == 0
