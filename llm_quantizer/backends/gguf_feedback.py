@@ -58,6 +58,18 @@ def _row_perm(source, gguf_name: str, rows: int) -> Optional[torch.Tensor]:
     return permute_qk(torch.arange(rows, dtype=torch.float64)[:, None], heads)[:, 0].long()
 
 
+def weight_first_tokens(x: torch.Tensor, seq_len: int, weight: float) -> torch.Tensor:
+    """x [N * seq_len, C] with the first token of every sequence scaled by sqrt(weight), so that
+    it counts ``weight`` times in H = sum x x^T. The first token of a window is the attention
+    sink of the tokens after it: its keys and values are read by every later position, so an
+    error there costs far more than its 1 / seq_len share of the tokens."""
+    if weight == 1.0 or not seq_len or x.shape[0] % seq_len:
+        return x
+    x = x.reshape(-1, seq_len, x.shape[-1]).clone()
+    x[:, 0] *= weight ** 0.5
+    return x.reshape(-1, x.shape[-1])
+
+
 class FeedbackPass(Observer):
     """Engine observer + layer transform: Hessians of the layer's linear inputs, then error
     feedback encoding of every linear with a codec type; fake weights written back."""
@@ -66,9 +78,12 @@ class FeedbackPass(Observer):
     wants_linear_io = True
 
     def __init__(self, source, table: Mapping[str, tuple], imatrix: Optional[Mapping[str, np.ndarray]] = None,
-                 percdamp: float = 0.01, intermediate_dtype=torch.float16):
+                 percdamp: float = 0.01, intermediate_dtype=torch.float16, *, seq_len: int = 0,
+                 first_token_weight: float = 1.0, **encode_options):
         self.source, self.table, self.imatrix = source, table, imatrix or {}
         self.percdamp, self.inter_dtype = percdamp, intermediate_dtype
+        self.seq_len, self.first_weight = seq_len, first_token_weight
+        self.encode_options = encode_options     # feedback_encode's act_order, codes, refit
         self.raw: dict[str, np.ndarray] = {}
         self.stats: dict[str, dict] = {}
         self._acc: dict[str, HessianAccumulator] = {}
@@ -97,7 +112,7 @@ class FeedbackPass(Observer):
             return
         if owner not in self._acc:
             self._acc[owner] = HessianAccumulator(x.shape[-1], device=x.device)
-        self._acc[owner].add_batch(x)
+        self._acc[owner].add_batch(weight_first_tokens(x, self.seq_len, self.first_weight))
 
     def __call__(self, ctx) -> bool:
         done = False
@@ -111,7 +126,7 @@ class FeedbackPass(Observer):
             W = lin.weight.detach().to(self.inter_dtype).float()
             qw = self.imatrix.get(g)
             qw = None if qw is None else torch.as_tensor(np.asarray(qw, dtype=np.float32), device=W.device)
-            res = feedback_encode(get_codec(t), W, acc.H, qw=qw, percdamp=self.percdamp)
+            res = feedback_encode(get_codec(t), W, acc.H, qw=qw, percdamp=self.percdamp, **self.encode_options)
             perm = _row_perm(self.source, g, W.shape[0])
             self.raw[g] = res.raw if perm is None else res.raw[perm.numpy()]
             lin.weight.data.copy_(res.fake.to(lin.weight.device, lin.weight.dtype))
@@ -141,7 +156,8 @@ def patch_tensors(src_file, out_file, raw: Mapping[str, np.ndarray], table=None)
 
 def gptq_round_gguf(source, llama_file, out_file, input_ids: torch.Tensor,
                     imatrix: Optional[Mapping[str, np.ndarray]] = None, *, device: str = "auto",
-                    batch_size: int = 4, percdamp: float = 0.01, progress: bool = True) -> dict:
+                    batch_size: int = 4, percdamp: float = 0.01, progress: bool = True,
+                    first_token_weight: float = 1.0, **encode_options) -> dict:
     """Re-encode ``llama_file``'s codec-typed layer tensors with error feedback into ``out_file``.
 
     Returns {"tensors": per-tensor stats, "kept": names left as llama.cpp wrote them, "seconds"}."""
@@ -149,7 +165,8 @@ def gptq_round_gguf(source, llama_file, out_file, input_ids: torch.Tensor,
 
     t0 = time.perf_counter()
     table = gguf_tensor_table(llama_file)
-    fb = FeedbackPass(source, table, imatrix, percdamp)
+    fb = FeedbackPass(source, table, imatrix, percdamp, seq_len=int(input_ids.shape[1]),
+                      first_token_weight=first_token_weight, **encode_options)
     engine = LayerwiseEngine(source, EngineOptions(device=device, dtype=torch.float32, batch_size=batch_size,
                                                    progress=progress, run_head=False))
     engine.run(input_ids, [fb], transform=fb)

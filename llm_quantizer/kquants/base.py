@@ -70,6 +70,32 @@ class Codec(ABC):
     def pack(self, codes: torch.Tensor, p: Params) -> np.ndarray:
         """Block bytes from codes [R, C] and params over the whole row: uint8 [R, C//block*type_size]."""
 
+    # ---- optional hooks for error feedback (feedback.py) ----------------------------------
+    def nearest(self, x: torch.Tensor, p: Params, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like ``quantize``, but each code is the nearest point of the grid the runtime decodes
+        (stored scales), not llama.cpp's rounding rule (which may round with another inverse
+        scale than the stored one). Default: ``quantize``."""
+        return self.quantize(x, p, cols)
+
+    def dequantize(self, codes: torch.Tensor, p: Params) -> torch.Tensor:
+        """What the runtime decodes from codes [R, C] and params over the whole row."""
+        raise NotImplementedError
+
+    refit_width: int = 0   # columns sharing the refittable params (0: no refit)
+
+    def refit_basis(self, codes: torch.Tensor, p: Params) -> torch.Tensor:
+        """B [R, C, K] with deq[r, c] = sum_k theta[r, c // refit_width, k] * B[r, c, k], where
+        theta are the float params stored as fp16 (scale, and min where the type has one)."""
+        raise NotImplementedError
+
+    def refit_theta(self, p: Params) -> torch.Tensor:
+        """The current theta [R, C // refit_width, K] of ``p``."""
+        raise NotImplementedError
+
+    def with_theta(self, p: Params, theta: torch.Tensor) -> Params:
+        """Params with theta (already fp16-representable) replacing the stored float params."""
+        raise NotImplementedError
+
     # ---- conveniences --------------------------------------------------------------------
     def encode(self, w: torch.Tensor, qw: torch.Tensor | None = None) -> np.ndarray:
         """Exact llama.cpp bytes (nearest rounding, no feedback)."""

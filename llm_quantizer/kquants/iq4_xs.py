@@ -105,6 +105,29 @@ class IQ4XS(_KCodec):
         q = best_index(vals, idl * x).to(torch.int32)
         return q, dl * vals[q.long()]
 
+    def nearest(self, x, p, cols):
+        """Codes nearest on the stored grid fp16(d) * l * kvalues (``quantize`` rounds with the
+        float32 d, llama.cpp's quirk)."""
+        x = x.to(torch.float32)
+        dl = p["dl"][:, cols // QK, (cols % QK) // 32]
+        live = dl != 0
+        vals = _vals(x.device)
+        q = best_index(vals, x / torch.where(live, dl, torch.ones_like(dl))).to(torch.int32)
+        q = torch.where(live, q, torch.zeros_like(q))
+        return q, dl * vals[q.long()]
+
+    def _levels(self, codes):
+        return _vals(codes.device)[codes.long()]
+
+    def _sub_int(self, p, key, base):
+        return (p["ls"] - 32).float()
+
+    def with_theta(self, p, theta):
+        out = super().with_theta(p, theta)
+        dl = out["dl"]
+        out["idl"] = torch.where(dl != 0, 1.0 / torch.where(dl != 0, dl, torch.ones_like(dl)), torch.zeros_like(dl))
+        return out
+
     def pack(self, codes, p):
         R = codes.shape[0]
         L = codes.to(torch.int32).reshape(-1, 8, 2, 16)

@@ -147,6 +147,47 @@ class _KCodec(Codec):
             deq = dl * q.float() - ml
         return q.to(torch.int32), deq
 
+    # ---- error-feedback hooks (base.Codec): refit the superblock's fp16 d (and dmin) ------
+    # with the integer sub-block scales (and mins) held: deq = d * sc * lev(q) - dmin * m
+    refit_width = QK
+
+    def _levels(self, codes):
+        return (codes - self.offset).float()
+
+    def dequantize(self, codes, p):
+        C = codes.shape[1]
+        deq = self._per_col(p["dl"], C) * self._levels(codes)
+        return deq - self._per_col(p["ml"], C) if "ml" in p else deq
+
+    def _sub_int(self, p, key, base):
+        """Integer sub-block multipliers [R, nb, nsub] (dl = d * sc exactly, fp16 d)."""
+        d = p[base][..., None]
+        return torch.where(d != 0, p[key] / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(p[key]))
+
+    def _per_col(self, t, C):
+        """[R, nb, nsub] -> [R, C] (each column's sub-block value)."""
+        return t.repeat_interleave(QK // t.shape[-1], dim=-1).reshape(t.shape[0], C)
+
+    def refit_basis(self, codes, p):
+        C = codes.shape[1]
+        B = [self._per_col(self._sub_int(p, "dl", "d"), C) * self._levels(codes)]
+        if "ml" in p:
+            B.append(-self._per_col(self._sub_int(p, "ml", "dmin"), C))
+        return torch.stack(B, dim=-1)
+
+    def refit_theta(self, p):
+        return torch.stack([p["d"]] + ([p["dmin"]] if "ml" in p else []), dim=-1)
+
+    def with_theta(self, p, theta):
+        sc = self._sub_int(p, "dl", "d")
+        out = {**p, "d": theta[..., 0].contiguous()}
+        out["dl"] = out["d"][..., None] * sc
+        if "ml" in p:
+            mn = self._sub_int(p, "ml", "dmin")
+            out["dmin"] = theta[..., 1].contiguous()
+            out["ml"] = out["dmin"][..., None] * mn
+        return out
+
     # helpers for subclasses
     @staticmethod
     def _blocks(w: torch.Tensor, qw: torch.Tensor | None):

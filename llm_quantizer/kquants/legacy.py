@@ -241,6 +241,47 @@ class _Legacy(Codec):
     def _dequant(self, codes, d, m):
         return codes.float() * _fp16_round(d) + _fp16_round(m)
 
+    # ---- error-feedback hooks (base.Codec): grid-nearest codes, refittable d (and m) --------
+    refit_width = QK
+
+    def nearest(self, x, p, cols):
+        b = (cols // QK).to(x.device)
+        d, m = p["d"][:, b], p["m"][:, b]
+        d16, m16 = _fp16_round(d), _fp16_round(m)
+        live = d16 != 0
+        codes = self._grid(x.float(), torch.where(live, d16, torch.ones_like(d16)), m16)
+        if not bool(live.all()):   # all-zero scale: any code decodes the same; keep llama.cpp's
+            codes = torch.where(live, codes, self.quantize(x, p, cols)[0])
+        return codes, self._dequant(codes, d, m)
+
+    def dequantize(self, codes, p):
+        b = torch.arange(codes.shape[1], device=codes.device) // QK
+        return self._dequant(codes, p["d"][:, b], p["m"][:, b])
+
+    def _grid(self, x, d16, m16):
+        """Codes of the grid point nearest to x (d16 != 0)."""
+        raise NotImplementedError
+
+    def refit_basis(self, codes, p):
+        B = [self._levels(codes)]
+        if self.has_min:
+            B.append(torch.ones_like(B[0]))
+        return torch.stack(B, dim=-1)
+
+    def _levels(self, codes):
+        """The multiplier of d in the dequantized value, per code."""
+        return codes.float()
+
+    def refit_theta(self, p):
+        th = [_fp16_round(p["d"])] + ([_fp16_round(p["m"])] if self.has_min else [])
+        return torch.stack(th, dim=-1)
+
+    def with_theta(self, p, theta):
+        d = theta[..., 0].contiguous()
+        m = theta[..., 1].contiguous() if self.has_min else torch.zeros_like(d)
+        i = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+        return {**p, "d": d, "m": m, "id": i, "off": m}
+
     def _scale_bytes(self, p) -> list[np.ndarray]:
         out = [fp16_bytes(p["d"])]
         if self.has_min:
@@ -288,6 +329,13 @@ class _Sym(_Legacy):
     def _dequant(self, codes, d, m):
         return (codes - (1 << (self.bits - 1))).float() * _fp16_round(d)
 
+    def _grid(self, x, d16, m16):
+        nmax = 1 << (self.bits - 1)
+        return (torch.round(x / d16).clamp(-nmax, nmax - 1) + nmax).to(torch.int32)
+
+    def _levels(self, codes):
+        return (codes - (1 << (self.bits - 1))).float()
+
 
 class _Asym(_Legacy):
     """Q4_1 / Q5_1: ref d = (max-min)/nmax, m = min, codes trunc((x-min)*id + .5);
@@ -310,6 +358,9 @@ class _Asym(_Legacy):
         ref = torch.trunc((x - o) * i + 0.5).clamp(0, nmax)
         imx = torch.round(i * (x - o)).clamp(0, nmax)
         return torch.where(mode == 1, imx, ref).to(torch.int32)
+
+    def _grid(self, x, d16, m16):
+        return torch.round((x - m16) / d16).clamp(0, (1 << self.bits) - 1).to(torch.int32)
 
 
 @register
@@ -354,6 +405,9 @@ class Q8_0(_Legacy):
 
     def _dequant(self, codes, d, m):
         return codes.float() * _fp16_round(d)
+
+    def _grid(self, x, d16, m16):
+        return torch.round(x / d16).clamp(-128, 127).to(torch.int32)
 
     def pack(self, codes, p):
         R, C = codes.shape
@@ -400,3 +454,9 @@ class IQ4_NL(_Legacy):
 
     def _dequant(self, codes, d, m):
         return self._vals(codes.device)[codes.long()] * _fp16_round(d)
+
+    def _grid(self, x, d16, m16):
+        return _best_index(self._vals(x.device), x / d16).to(torch.int32)
+
+    def _levels(self, codes):
+        return self._vals(codes.device)[codes.long()]
