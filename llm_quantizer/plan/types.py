@@ -32,7 +32,7 @@ class Constraints:
     ``error_model``: how a tensor's measured error is weighted in the objective: ``local`` (layer
     importance x the linear's own output error), ``residual`` (the measured residual transfer
     factor x that error: the per-token relative error the next layer sees; needs ``transfer`` in
-    the measurements) or ``auto`` (residual for int plans when measured, else local).
+    the measurements) or ``auto`` (residual when measured, else local).
     ``int_embeddings`` (int family): ``keep`` the ``int_keep_kinds`` (embeddings / lm_head) in
     16-bit, ``quantize`` them (knapsack items like the linears, ``min_embed_bits`` applies) or
     ``auto``: keep them while the budget allows it, quantize them when the budget is below the

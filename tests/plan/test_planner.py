@@ -188,3 +188,24 @@ def test_int_embeddings_quantize_and_min_embed_bits():
             assert x.bits_per_weight >= 4.0 and x.format.startswith("int")
     with pytest.raises(ConfigError, match="int_embeddings"):
         Constraints(int_embeddings="sometimes")
+
+
+def test_auto_error_model_is_residual_for_gguf_when_measured():
+    """GGUF plans too: auto = residual when the measurements carry transfer factors, else local."""
+    from llm_quantizer.plan.synthetic import Shape, make_measurements
+
+    fmts = ["Q3_K", "Q4_K", "Q6_K", "Q8_0"]
+    meas = make_measurements(Shape(num_layers=2, hidden=256, intermediate=512, n_heads=4, n_kv_heads=2,
+                                   vocab=512), fmts, seed=2)
+    hot = "model.layers.0.self_attn.q_proj.weight"
+    plain = make_plan(meas, "0.3", fmts, Constraints(overhead_bytes=0))
+    assert plain.constraints.error_model == "auto"
+    local = {t.name: t.importance for t in make_plan(meas, "0.3", fmts, Constraints(overhead_bytes=0, error_model="local")).tensors}
+    assert {t.name: t.importance for t in plain.tensors} == local     # nothing measured: local
+    for t in meas["tensors"]:
+        if t["layer"] is not None and t["quantizable"]:
+            t["transfer"] = 1000.0 if t["name"] == hot else 1.0
+    auto = make_plan(meas, "0.3", fmts, Constraints(overhead_bytes=0))
+    res = make_plan(meas, "0.3", fmts, Constraints(overhead_bytes=0, error_model="residual"))
+    assert [(t.format, t.importance) for t in auto.tensors] == [(t.format, t.importance) for t in res.tensors]
+    assert {t.name: t for t in auto.tensors}[hot].format in ("Q6_K", "Q8_0")
