@@ -157,8 +157,13 @@ def quantize(w, scale, zero, args: QuantArgs, g_idx=None) -> torch.Tensor:
 def dequantize(codes, scale, zero=None, g_idx=None, dtype=None) -> torch.Tensor:
     """``(codes - zero) * scale`` in the scale's dtype (as compressed-tensors), then ``dtype``."""
     zero = torch.zeros_like(scale, dtype=torch.int8) if zero is None else zero
-    s, z = _expand(scale, zero, codes.shape[1], g_idx)
-    out = dequantize_values(codes, s, z)
+    if g_idx is None:       # contiguous groups: broadcast [out, G, 1] over [out, G, gl], no gather
+        rows, cols = codes.shape
+        out = dequantize_values(codes.reshape(rows, scale.shape[1], -1), scale[..., None], zero[..., None])
+        out = out.reshape(rows, cols)
+    else:
+        s, z = _expand(scale, zero, codes.shape[1], g_idx)
+        out = dequantize_values(codes, s, z)
     return out if dtype is None else out.to(dtype)
 
 

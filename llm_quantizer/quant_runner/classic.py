@@ -36,28 +36,24 @@ _AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 
 def pack_rows(u: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack unsigned values ``u`` [R, C] along dim 0: int32 [R * bits / 32, C], row k of each
-    word at bits ``bits * k``."""
+    word at bits ``bits * k`` (int32 shifts wrap into the sign bit as the int32 word does)."""
     per = 32 // bits
     r, c = u.shape
-    u = u.to(torch.int64).reshape(r // per, per, c)
-    word = torch.zeros(r // per, c, dtype=torch.int64)
-    for k in range(per):
+    u = u.to(torch.int32).reshape(r // per, per, c)
+    word = u[:, 0, :].clone()
+    for k in range(1, per):
         word |= u[:, k, :] << (bits * k)
-    return _to_int32(word)
+    return word
 
 
 def pack_awq(u: torch.Tensor) -> torch.Tensor:
     """Pack 4-bit unsigned values ``u`` [R, C] along dim 1 in AutoAWQ's GEMM order: int32 [R, C / 8]."""
     r, c = u.shape
-    u = u.to(torch.int64).reshape(r, c // 8, 8)
-    word = torch.zeros(r, c // 8, dtype=torch.int64)
+    u = u.to(torch.int32).reshape(r, c // 8, 8)
+    word = torch.zeros(r, c // 8, dtype=torch.int32)
     for i, o in enumerate(_AWQ_ORDER):
         word |= u[:, :, o] << (4 * i)
-    return _to_int32(word)
-
-
-def _to_int32(word: torch.Tensor) -> torch.Tensor:
-    return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
+    return word
 
 
 def _unsigned(q: QuantizedLinear) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ inputs with the earlier stages already quantized (the forward stops at the hooke
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -128,7 +129,8 @@ class GPTQPass(QuantPass):
                 raise BackendError(f"GPTQ: no calibration input reached {ctx.prefix}{missing[0]}")
             done = {p: solved[p] for p in ctx.linears if p in solved}
             self.stats.update({ctx.prefix + p: stats[ctx.prefix + p] for p in done})
-            self.emit(ctx, done)
+            with torch_threads(1):      # write-back, packing: small ops, as the solve
+                self.emit(ctx, done)
             return self.propagate and bool(done)
         finally:
             self._reset()
@@ -153,6 +155,17 @@ class GPTQPass(QuantPass):
         finally:
             handle.remove()
         return acc
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` on this thread inside the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_single_threaded(jobs, parallel: bool = True) -> list:
