@@ -52,8 +52,8 @@ def make_preset(src, work: Path, preset: str) -> Path:
 
 
 def variant_key(rounding: str, error_model: str) -> str:
-    """Row key of one of our variants: ours_<rounding> for the default objective."""
-    return f"ours_{rounding}" + ("" if error_model == "auto" else f"_{error_model}")
+    """Row key of one of our variants: ours_<rounding>_<error model>."""
+    return f"ours_{rounding}_{error_model}"
 
 
 def make_ours(src, work: Path, preset: str, nbytes: int, rounding: str, error_model: str = "auto"):
@@ -62,8 +62,7 @@ def make_ours(src, work: Path, preset: str, nbytes: int, rounding: str, error_mo
     from llm_quantizer.config import PlanOptions, RunConfig
     from llm_quantizer.errors import LLMQuantizerError
 
-    tag = (f"ours-{preset.lower()}" + ("" if rounding == "nearest" else f"-{rounding}")
-           + ("" if error_model == "auto" else f"-{error_model}"))
+    tag = f"ours-{preset.lower()}" + ("" if rounding == "nearest" else f"-{rounding}") + f"-{error_model}"
     final = work / "ours" / f"{tag}.gguf"
     if final.exists():
         return final, json.loads(final.with_suffix(".plan.json").read_text())
@@ -79,7 +78,8 @@ def make_ours(src, work: Path, preset: str, nbytes: int, rounding: str, error_mo
     art = api.quantize(src, work, backend="gguf", plan=plan, config=cfg)
     final.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(art.path), final)
-    info = {"predicted_bytes": plan.totals.bytes, "predicted_error": plan.totals.predicted_error,
+    info = {"error_model": error_model, "predicted_bytes": plan.totals.bytes,
+            "predicted_error": plan.totals.predicted_error,
             "formats": dict(sorted(collections.Counter(t.format for t in plan.tensors).items()))}
     final.with_suffix(".plan.json").write_text(json.dumps(info))
     return final, info
@@ -205,7 +205,8 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=list(PRESETS))
     ap.add_argument("--rounding", nargs="+", default=["nearest"], help="nearest and/or gptq")
     ap.add_argument("--error-model", nargs="+", default=["auto"], choices=["auto", "local", "residual"],
-                    help="planner objective(s) (plan.error_model); each one is a column")
+                    help="planner objective(s) (plan.error_model; auto = residual when measured); each one "
+                         "is a column")
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--ctx", type=int, default=512)
