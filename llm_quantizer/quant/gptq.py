@@ -235,12 +235,11 @@ def _quantize_block(W, Hinv, i1, i2, groups, args):
             # the group's current columns: in W1 if it fits in this block, else (i == 0) in W
             groups.new_group(W1[i:i + gl].t() if i + gl <= i2 - i1 else W[:, j:j + gl])
         s, z = groups.col(j)
-        w = W1[i]
-        c = torch.clamp(w / s + z, qmin, qmax).round_()
+        w, c, err = W1[i], C1[i], Err1[i]
+        torch.addcdiv(z, w, s, out=c).clamp_(qmin, qmax).round_()      # z + w / s
         q = (c - z).mul_(s)
         if sdt != torch.float32:
             q = q.to(sdt).float()
-        err = (w - q).div_(Hinv1[i, i])
+        torch.sub(w, q, out=err).div_(Hinv1[i, i])
         W1[i + 1:] -= torch.outer(Hinv1[i, i + 1:], err)
-        Err1[i], C1[i] = err, c
     return Err1, C1
