@@ -38,6 +38,12 @@ CONFIG_FLAGS: list[tuple[tuple[str, ...], str, object, str]] = [
     (("--llamacpp-type",), "gguf.llamacpp_type", str, "one llama.cpp type for the whole model, e.g. q4_k_m"),
     (("--rounding",), "gguf.rounding", str, "gguf: nearest (llama.cpp) | gptq (our encoders with Hessian "
                                             "error feedback, same per-tensor types)"),
+    (("--feedback-act-order",), "gguf.feedback_act_order", "optbool",
+     "rounding gptq: act-order over static llama.cpp block params (default on; false: column order)"),
+    (("--feedback-refit",), "gguf.feedback_refit", int, "rounding gptq: rounds of fp16 scale/min least-squares refit"),
+    (("--feedback-first-token-weight",), "gguf.feedback_first_token_weight", float,
+     "rounding gptq: weight of each calibration sequence's first token (attention sink) in the Hessian"),
+    (("--feedback-percdamp",), "gguf.feedback_percdamp", float, "rounding gptq: GPTQ damping (share of mean diag H)"),
     (("--gptq-bits",), "gptq.bits", int, "GPTQ bits when no plan is used"),
     (("--gptq-group-size",), "gptq.group_size", int, "GPTQ group size (-1: per channel)"),
     (("--gptq-act-order",), "gptq.act_order", "optbool", "GPTQ activation order with static groups (default on)"),

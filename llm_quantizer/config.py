@@ -30,6 +30,13 @@ class GGUFOptions(_Strict):
     # nearest: llama.cpp rounds every block on its own. gptq: tensors whose type has one of our
     # encoders (llm_quantizer.kquants) are re-encoded with Hessian error feedback, same types/size.
     rounding: Literal["nearest", "gptq"] = "nearest"
+    # rounding=gptq (kquants/feedback.py): act-order over static llama.cpp block params, rounds of
+    # least-squares refit of the stored fp16 scales/mins, weight of each calibration sequence's
+    # first token (the attention sink) in the Hessian, GPTQ damping.
+    feedback_act_order: bool = True
+    feedback_refit: int = Field(1, ge=0, le=4)
+    feedback_first_token_weight: float = Field(100.0, ge=1.0)
+    feedback_percdamp: float = Field(0.01, gt=0.0, le=1.0)
 
 
 class GPTQOptions(_Strict):

@@ -161,7 +161,11 @@ class GGUFBackend(Backend):
         ids = calibration_ids(cal.input_ids)
         means = cal.imatrix or (load_imatrix_means(imat_file) if imat_file else None)
         device = getattr(config, "device", None) or "auto"
-        return gptq_round_gguf(source, llama_file, final, ids, means, device=device)
+        g = getattr(config, "gguf", None)
+        opts = {} if g is None else dict(act_order=g.feedback_act_order, refit=g.feedback_refit,
+                                         first_token_weight=g.feedback_first_token_weight,
+                                         percdamp=g.feedback_percdamp)
+        return gptq_round_gguf(source, llama_file, final, ids, means, device=device, **opts)
 
     def intermediate(self, source, out_dir: Path) -> Path:
         """The float GGUF llama.cpp quantizes from; reused when already complete."""

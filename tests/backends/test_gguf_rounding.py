@@ -89,3 +89,13 @@ def test_row_permutation_matches_writer(tiny):
     w = src.load("model.layers.0.self_attn.k_proj.weight").float()
     perm = _row_perm(src, "blk.0.attn_k.weight", w.shape[0])
     assert torch.equal(w[perm], permute_qk(w, 2))
+
+
+def test_first_token_weight_counts_each_sequence_start_that_many_times():
+    from llm_quantizer.backends.gguf_feedback import weight_first_tokens
+
+    x = torch.randn(3 * 8, 5, dtype=torch.float64)
+    xw = weight_first_tokens(x, 8, 4.0)
+    first = x.reshape(3, 8, 5)[:, 0]
+    assert torch.allclose(xw.T @ xw, x.T @ x + 3 * first.T @ first)
+    assert weight_first_tokens(x, 8, 1.0) is x and weight_first_tokens(x, 7, 4.0) is x
