@@ -1,9 +1,12 @@
 """GPTQ wall time and peak memory: ours vs gptqmodel 7.6.0, same model, same token ids, same
-settings (4-bit, group 64, symmetric, act-order, damp 0.01), CPU, each in its own process.
+settings (4-bit, group 64, symmetric, act-order, damp 0.01, true-sequential off unless
+--true-sequential: then on in both), CPU, each in its own process.
 
 The model is smollm2-135m (the example Q4_1 GGUF dequantized into a bf16 HF folder, which both
 tools load). Calibration: wiki_en_calib.txt, N x 512 tokens (N = --samples). Each child reports
-its wall time, its peak RSS (ru_maxrss) and the load average around it (the box is shared).
+its wall time and CPU time (user + sys of the whole process, threads included) for the timed part
+(load + quantize + save, not the imports), the whole process's CPU time, its peak RSS (VmHWM)
+and the load average around it (the box is shared: CPU time is the fairer figure).
 Ours also writes a classic ``quant_method: gptq`` checkpoint; when gptqmodel imports, that
 checkpoint is loaded with transformers and its logits compared with our fake-quant model.
 
@@ -11,7 +14,7 @@ gptqmodel is not a dependency: install it apart (``BUILD_CUDA_EXT=0 pip install 
 --target DIR gptqmodel==7.6.0 optimum==2.3.0 pypcre logbar device-smi tokenicer defuser
 threadpoolctl``; its numpy==2.2.6 pin is not needed) and pass ``--gptqmodel-path DIR``.
 
-Run: python bench/gptq_vs_gptqmodel.py [--samples 32] [--gptqmodel-path /tmp/gptqm]
+Run: python bench/gptq_vs_gptqmodel.py [--samples 32] [--true-sequential] [--gptqmodel-path /tmp/gptqm]
 Writes bench/results/gptq_vs_gptqmodel.json.
 """
 from __future__ import annotations
@@ -39,7 +42,25 @@ def _ids(hf_dir: str, samples: int, seq_len: int, text_dir: Path):
     return build_calibration(load_documents([text_dir / "wiki_en_calib.txt"]), tok, samples, seq_len, 0).input_ids
 
 
-def child_ours(hf_dir, out, samples, seq_len, text_dir, group):
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _peak_rss_mib() -> int:
+    """This process's peak RSS: VmHWM (ru_maxrss keeps the forking parent's peak across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _timed(t0, c0, l0) -> dict:
+    return {"seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(_cpu() - c0, 1),
+            "loadavg_start": l0, "loadavg_end": os.getloadavg()}
+
+
+def child_ours(hf_dir, out, samples, seq_len, text_dir, group, true_seq):
     import torch
 
     from llm_quantizer.model import open_source
@@ -47,42 +68,42 @@ def child_ours(hf_dir, out, samples, seq_len, text_dir, group):
     from llm_quantizer.quant_runner import GPTQOptions, quantize_int, resolve_schemes
 
     ids = _ids(hf_dir, samples, seq_len, text_dir)
+    t0, c0, l0 = time.perf_counter(), _cpu(), os.getloadavg()
     src = open_source(hf_dir)
-    t0, l0 = time.perf_counter(), os.getloadavg()
     res = quantize_int(src, "gptq", resolve_schemes(src, None, QuantArgs(4, group, True)), ids, out,
-                       options=GPTQOptions(act_order=True, percdamp=0.01), device="cpu", batch_size=4,
-                       progress=False, checkpoint_format="gptq", keep_fake=True)
-    seconds = time.perf_counter() - t0
+                       options=GPTQOptions(act_order=True, percdamp=0.01, true_sequential=true_seq), device="cpu",
+                       batch_size=4, progress=False, checkpoint_format="gptq", keep_fake=True)
+    row = _timed(t0, c0, l0)
     torch.save({k: v for k, v in res.fake_state.items()}, Path(out).parent / "ours_fake.pt")
-    return {"seconds": round(seconds, 1), "loadavg_start": l0, "loadavg_end": os.getloadavg()}
+    return row
 
 
-def child_gptqmodel(hf_dir, out, samples, seq_len, text_dir, group):
+def child_gptqmodel(hf_dir, out, samples, seq_len, text_dir, group, true_seq):
     import torch
     from gptqmodel import GPTQModel, QuantizeConfig
 
     ids = _ids(hf_dir, samples, seq_len, text_dir)
     calib = [{"input_ids": r[None], "attention_mask": torch.ones_like(r)[None]} for r in ids]
-    t0, l0 = time.perf_counter(), os.getloadavg()
-    qcfg = QuantizeConfig(bits=4, group_size=group, desc_act=True, sym=True, damp_percent=0.01)
+    t0, c0, l0 = time.perf_counter(), _cpu(), os.getloadavg()
+    qcfg = QuantizeConfig(bits=4, group_size=group, desc_act=True, sym=True, damp_percent=0.01,
+                          true_sequential=true_seq)
     model = GPTQModel.load(hf_dir, qcfg, device="cpu")
     model.quantize(calib, batch_size=4)
     model.save(out)
-    seconds = time.perf_counter() - t0
-    return {"seconds": round(seconds, 1), "loadavg_start": l0, "loadavg_end": os.getloadavg(),
-            "gptqmodel": __import__("gptqmodel").__version__}
+    return {**_timed(t0, c0, l0), "gptqmodel": __import__("gptqmodel").__version__}
 
 
 def _child(argv):
     fn = {"ours": child_ours, "gptqmodel": child_gptqmodel}[argv[0]]
-    row = fn(argv[1], argv[2], int(argv[3]), int(argv[4]), Path(argv[5]), int(argv[6]))
-    row["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    row = fn(argv[1], argv[2], int(argv[3]), int(argv[4]), Path(argv[5]), int(argv[6]), argv[7] == "1")
+    row["process_cpu_seconds"] = round(_cpu(), 1)
+    row["peak_rss_mib"] = _peak_rss_mib()
     print("RESULT " + json.dumps(row), flush=True)
 
 
 def _run_child(which, hf, out, args, env):
     cmd = [sys.executable, __file__, "--child", which, str(hf), str(out), str(args.samples), str(args.seq_len),
-           str(args.text_dir), str(args.group_size)]
+           str(args.text_dir), str(args.group_size), str(int(args.true_sequential))]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -133,13 +154,15 @@ def main(argv=None) -> int:
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--text-dir", type=Path, default=TEXT)
     ap.add_argument("--gptqmodel-path", default=None, help="folder gptqmodel was installed into (--target)")
+    ap.add_argument("--true-sequential", action="store_true", help="true-sequential in both (gptqmodel's default)")
     ap.add_argument("--only", default="ours,gptqmodel")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gptq_vs_gptqmodel.json"))
     args = ap.parse_args(argv)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [args.gptqmodel_path, str(ROOT)])),
                OMP_NUM_THREADS=str(os.cpu_count()), GPTQMODEL_CPU_WORKERS=str(max(2, os.cpu_count() or 2)))
     result = {"model": args.model, "calibration": [args.samples, args.seq_len], "group_size": args.group_size,
-              "cpu_count": os.cpu_count(), "settings": "4-bit g64 sym, act-order, damp 0.01, batch 4, CPU", "rows": {}}
+              "cpu_count": os.cpu_count(), "true_sequential": args.true_sequential,
+              "settings": "4-bit sym, act-order, damp 0.01, batch 4, CPU, OMP_NUM_THREADS = cpu_count", "rows": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         hf = prepare_hf(args.model, tmp / "hf")
@@ -156,6 +179,11 @@ def main(argv=None) -> int:
             lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
             result["classic_gptq_reload"] = json.loads(lines[-1][7:]) if lines else {"error": p.stderr[-2000:]}
             print("classic reload", result["classic_gptq_reload"], flush=True)
+    print(f"\n{'arm':10} {'wall s':>8} {'CPU s':>8} {'process CPU s':>14} {'peak RSS MiB':>13}  load start -> end")
+    for which, row in result["rows"].items():
+        if "error" not in row:
+            print(f"{which:10} {row['seconds']:8.1f} {row['cpu_seconds']:8.1f} {row['process_cpu_seconds']:14.1f} "
+                  f"{row['peak_rss_mib']:13d}  {row['loadavg_start'][0]:.1f} -> {row['loadavg_end'][0]:.1f}")
     from llm_quantizer.io import write_json
 
     write_json(args.out, result)
