@@ -106,9 +106,13 @@ def measure(model, output_dir: str | Path, calibration=None, backend: str = "ggu
     return res
 
 
-def plan(output_dir: str | Path, budget, options=None, measurements: dict | None = None):
+def plan(output_dir: str | Path, budget, options=None, measurements: dict | None = None, model=None,
+         device: str = "auto", log=None):
     """Per-tensor formats for ``budget`` from ``output_dir/measurements.json``; writes
-    quantization_plan/ (plan JSON, heatmap, compiled forms for each backend)."""
+    quantization_plan/ (plan JSON, heatmap, compiled forms for each backend). With
+    ``options.refine`` = N > 1 (needs ``model``), the N best distinct candidate plans are scored
+    by their real KL divergence on held-out calibration text and the best one is kept
+    (``plan.refine``)."""
     from .config import PlanOptions
     from .errors import ConfigError
     from .io import read_json
@@ -126,9 +130,32 @@ def plan(output_dir: str | Path, budget, options=None, measurements: dict | None
     cons = Constraints.from_dict({"keep": list(opts.keep), "min_embed_bits": opts.min_embed_bits,
                                   "super_weight_min_bits": opts.super_weight_min_bits, "overhead_bytes": overhead,
                                   "int_embeddings": opts.int_embeddings, "error_model": opts.error_model})
-    result = make_plan(measurements, budget, allowed_formats=allowed, constraints=cons)
+    if opts.refine > 1:
+        if model is None:
+            raise ConfigError("plan refinement (refine > 1) needs the model: pass MODEL")
+        result = _refined_plan(_source(model), output_dir, measurements, budget, cons, allowed, opts, device, log)
+    else:
+        result = make_plan(measurements, budget, allowed_formats=allowed, constraints=cons)
     write_plan(result, output_dir)
     return result
+
+
+def _refined_plan(src, output_dir, measurements, budget, cons, allowed, opts, device, log):
+    import warnings
+
+    from .calibrate.tokenize import heldout_calibration
+    from .errors import CalibrationError
+    from .plan.refine import refine_plan
+
+    calib = load_calibration(output_dir)
+    try:
+        ids, heldout = heldout_calibration(calib, src.tokenizer(), opts.refine_samples).input_ids, True
+    except CalibrationError as e:
+        warnings.warn(f"plan refinement scores on the calibration sequences themselves: {e}", stacklevel=3)
+        ids, heldout = calib.input_ids[:opts.refine_samples], False
+    imat = Path(output_dir) / layout.IMPORTANCE / "imatrix.gguf"
+    return refine_plan(src, measurements, budget, cons, opts.refine, ids, heldout, allowed=allowed,
+                       imatrix_path=imat, device=device, log=log)
 
 
 def quantize(model, output_dir: str | Path, backend: str = "gguf", plan="saved", calibration=None, config=None):

@@ -33,6 +33,9 @@ CONFIG_FLAGS: list[tuple[tuple[str, ...], str, object, str]] = [
      "int plans: auto (quantize embeddings / lm_head only when the budget needs it) | keep (16-bit) | quantize"),
     (("--error-model",), "plan.error_model", str,
      "planner objective weights: local (layer importance) | residual (measured residual transfer) | auto"),
+    (("--refine",), "plan.refine", int, "score the N best distinct candidate plans by their real KL divergence "
+                                        "on held-out calibration text (fake-quant, one streamed pass each); keep the best"),
+    (("--refine-samples",), "plan.refine_samples", int, "held-out sequences for --refine (default 16)"),
     (("--super-weight-min-bits",), "plan.super_weight_min_bits", float,
      "minimum bits per weight of a tensor holding a super weight"),
     (("--llamacpp-type",), "gguf.llamacpp_type", str, "one llama.cpp type for the whole model, e.g. q4_k_m"),
@@ -169,10 +172,13 @@ def _cmd_measure(ns, cfg: RunConfig) -> int:
 def _cmd_plan(ns, cfg: RunConfig) -> int:
     if not cfg.budget:
         raise ConfigError("no budget given (--budget 4.5bpw, 0.3, 800MiB, 3.2GB)")
-    p = api.plan(cfg.output_dir, cfg.budget, options=cfg.plan)
+    p = api.plan(cfg.output_dir, cfg.budget, options=cfg.plan, model=cfg.model if cfg.plan.refine > 1 else None,
+                 device=cfg.device, log=print)
     t = p.totals
     print(f"plan: {t.bytes / 2**20:.2f} MiB of {t.budget_bytes / 2**20:.2f} MiB budget, {t.bpw:.3f} bpw, "
           f"predicted error {t.predicted_error:.4g} ({'optimal' if t.optimal else f'gap {t.gap:.2%}'})")
+    if p.refinement:
+        print(f"refined: {p.refinement['chosen']} of {len(p.refinement['candidates'])} candidates (least KLD)")
     print(f"wrote {cfg.output_dir}/quantization_plan/")
     return 0
 

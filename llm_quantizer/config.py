@@ -72,6 +72,8 @@ class PlanOptions(_Strict):
     super_weight_min_bits: Optional[float] = 6.0
     int_embeddings: Literal["auto", "keep", "quantize"] = "auto"   # int plans: see plan.Constraints
     error_model: Literal["auto", "local", "residual"] = "auto"     # see plan.Constraints.error_model
+    refine: int = Field(0, ge=0, le=16)          # > 1: score this many candidate plans end to end (plan.refine)
+    refine_samples: int = Field(16, ge=1)        # held-out sequences for that (calibration length)
 
 
 class RunConfig(_Strict):

@@ -126,7 +126,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False, log: Callable[[str], None]
     quant_inputs = {"measure": st.output_digest("measure")}
     if cfg.budget:
         st.run("plan", {**quant_inputs, "budget": cfg.budget, "plan": cfg.plan.model_dump(),
-                        "backend": cfg.backend}, lambda: _plan(out, cfg))
+                        "backend": cfg.backend}, lambda: _plan(src, out, cfg, log))
         quant_inputs["plan"] = st.output_digest("plan")
     opts = getattr(cfg, cfg.backend).model_dump()
     st.run("quantize", {**quant_inputs, "backend": cfg.backend, "options": opts, "budget": cfg.budget},
@@ -199,8 +199,8 @@ def _measure(src, out, cfg) -> list[Path]:
     return [Path(p) for p in res.paths.values()]
 
 
-def _plan(out, cfg) -> list[Path]:
-    api.plan(out, cfg.budget, options=cfg.plan)
+def _plan(src, out, cfg, log) -> list[Path]:
+    api.plan(out, cfg.budget, options=cfg.plan, model=src, device=cfg.device, log=log)
     d = out / layout.PLAN
     return [p for p in d.iterdir() if p.is_file() and p.name != "quantization_command.sh"
             and not p.name.startswith(".") and p.name != "prevent_repetition.sh"]

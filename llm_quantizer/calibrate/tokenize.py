@@ -185,3 +185,29 @@ def _sequence_text(tokenizer, row: np.ndarray, sep_mask: np.ndarray) -> str:
     cuts = np.flatnonzero(np.diff(np.concatenate(([True], sep_mask, [True])).astype(np.int8)))
     pieces = [row[a:b].tolist() for a, b in zip(cuts[::2], cuts[1::2])]
     return "\n\n".join(t for t in tokenizer.batch_decode(pieces, skip_special_tokens=False) if t.strip())
+
+
+def heldout_calibration(calib: CalibrationSet, tokenizer, n_samples: int, seq_len: int | None = None) -> CalibrationSet:
+    """Sequences packed from the documents of ``calib``'s sources that ``calib`` did not use
+    (same files, same shuffle; the rest of the order), for measuring on text the measurements
+    never saw. A CalibrationError when the sources are gone, changed, generated or used up."""
+    from .sources import Documents, load_documents
+
+    sources = calib.meta.get("sources", [])
+    paths = [s.get("path") for s in sources]
+    if not paths or not all(paths) or any(s.get("generated") for s in sources):
+        raise CalibrationError("calibration data has no re-readable sources (generated text)")
+    docs = load_documents(paths, tokenizer=tokenizer)
+    if [s.get("sha256") for s in docs.sources] != [s.get("sha256") for s in sources]:
+        raise CalibrationError("calibration sources changed since the calibration set was built")
+    order = list(range(len(docs)))
+    random.Random(int(calib.meta["seed"])).shuffle(order)
+    rest = order[int(calib.meta["documents_used"]):]
+    if not rest:
+        raise CalibrationError("every calibration document is in the calibration set; none is held out")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        held = build_calibration(Documents([docs[i] for i in rest], docs.sources), tokenizer, n_samples,
+                                 seq_len or calib.seq_len, int(calib.meta["seed"]) + 1, allow_fewer=True)
+    held.meta["heldout_documents"] = len(rest)
+    return held

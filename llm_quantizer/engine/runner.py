@@ -31,6 +31,10 @@ class EngineOptions:
 # A layer transform may change a layer's weights after observation (GPTQ, AWQ):
 # it returns True when the layer's outputs must be recomputed (propagation of quantized outputs).
 LayerTransform = Callable[[LayerContext], bool]
+# A weight hook changes a module's weights right after they are loaded, before anything runs
+# through it (evaluating a plan with fake-quantized weights): hook(HF name prefix, module). It
+# sees the embeddings, every decoder layer, and lm_head (when tied: the embeddings again).
+WeightHook = Callable[[str, nn.Module], None]
 
 
 class LayerwiseEngine:
@@ -43,10 +47,13 @@ class LayerwiseEngine:
         self.lm = source.layer_map
         self.model = build_skeleton(source, self.opts.dtype)
         self.layers: nn.ModuleList = self.model.get_submodule(self.lm.layers_path)
+        self._weights: WeightHook | None = None
 
     # -- embeddings --------------------------------------------------------------------------
     def _embed(self, batches: Sequence[torch.Tensor]):
-        load_module(self.source, self.model, self.lm.embed_path, self.device, self.opts.dtype)
+        embed = load_module(self.source, self.model, self.lm.embed_path, self.device, self.opts.dtype)
+        if self._weights is not None:
+            self._weights(self.lm.embed_path + ".", embed)
         for mod in _rotary_modules(self.model):
             mod.to(self.device)
         hidden, kwargs = [], {}
@@ -57,8 +64,9 @@ class LayerwiseEngine:
         return hidden, kwargs
 
     def run(self, input_ids: torch.Tensor, observers: Sequence[Observer] = (),
-            transform: LayerTransform | None = None) -> list[Observer]:
+            transform: LayerTransform | None = None, weights: WeightHook | None = None) -> list[Observer]:
         """Stream ``input_ids`` [N, L] through every layer, feeding ``observers``."""
+        self._weights = weights
         batches = list(torch.split(input_ids, self.opts.batch_size))
         hidden, kwargs = self._embed(batches)
         empty(self.model.get_submodule(self.lm.embed_path))   # reloaded in the head stage when tied
@@ -72,6 +80,8 @@ class LayerwiseEngine:
     def _run_layer(self, i, hidden, batches, kwargs, observers, hooks_wanted, transform):
         prefix = self.lm.layer_prefix(i)
         layer = fill(self.layers[i], self.source.load_layer(i), self.device, self.opts.dtype)
+        if self._weights is not None:
+            self._weights(prefix, layer)
         linears = {p: layer.get_submodule(p) for p in self.lm.stored_linears()}
         ctx = LayerContext(i, layer, self.lm, prefix, linears)
         for o in observers:
@@ -101,10 +111,15 @@ class LayerwiseEngine:
         head = self.model.get_submodule(self.lm.lm_head_path)
         embed_w = None
         if tied:
-            embed_w = load_module(self.source, self.model, self.lm.embed_path, self.device, self.opts.dtype).weight
+            embed = load_module(self.source, self.model, self.lm.embed_path, self.device, self.opts.dtype)
+            if self._weights is not None:
+                self._weights(self.lm.embed_path + ".", embed)
+            embed_w = embed.weight
             head.weight = embed_w
         else:
             load_module(self.source, self.model, self.lm.lm_head_path, self.device, self.opts.dtype)
+            if self._weights is not None:
+                self._weights(self.lm.lm_head_path + ".", head)
         with torch.no_grad():
             normed = [norm(h) for h in hidden]
         final = FinalContext(normed, batches, head, embed_w, tied)

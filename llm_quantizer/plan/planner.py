@@ -43,7 +43,7 @@ def make_plan(measurements: dict, budget: Budget | str | float,
     family, formats = _family(allowed)
     cons = replace(cons, allowed_formats=tuple(f.name for f in formats))
     budget = Budget.parse(budget)
-    infos = error_weights(infos, cons.error_model, family)
+    infos = error_weights(infos, cons.error_model, family, cons.importance_power)
     errs, source = ErrorModel(infos), _source_float(model, family)
     overhead = cons.overhead_bytes if cons.overhead_bytes is not None else estimate_overhead(family, len(infos))
     budget_bytes = budget.resolve(int(model["original_bytes"]), int(model["total_params"]))
@@ -62,12 +62,17 @@ def make_plan(measurements: dict, budget: Budget | str | float,
     return Plan(model, family, budget, cons.allowed_formats, cons, tensors, totals)
 
 
-def error_weights(infos: list[TensorInfo], error_model: str, family: str) -> list[TensorInfo]:
+def error_weights(infos: list[TensorInfo], error_model: str, family: str,
+                  power: float = 1.0) -> list[TensorInfo]:
     """Each tensor's weight in the objective, put in ``importance``: the layer importance
     (``local``) or the measured residual transfer (``residual``; tensors without one, e.g. the
     embeddings, get the median transfer). ``auto``: residual when measured (int and GGUF plans;
     on smollm2-135m it lowered the GGUF KLD 30-60 % vs local at llama.cpp's preset sizes,
-    bench/presets_bench.py), else local."""
+    bench/presets_bench.py), else local. ``power``: the weights raised to it (see
+    ``Constraints.importance_power``)."""
+    if power != 1.0:
+        return [replace(t, importance=float(t.importance) ** power)
+                for t in error_weights(infos, error_model, family)]
     measured = [t.transfer for t in infos if t.transfer is not None and t.transfer > 0]
     if error_model == "auto":
         error_model = "residual" if measured else "local"

@@ -38,7 +38,10 @@ class Constraints:
     ``auto``: keep them while the budget allows it, quantize them when the budget is below the
     smallest plan that keeps them. A quantized embedding is a compressed-tensors
     ``pack-quantized`` Embedding, which transformers <= 5.24 ``from_pretrained`` cannot load
-    (``quant_runner.ct_load`` reloads it through compressed-tensors' own decompressor)."""
+    (``quant_runner.ct_load`` reloads it through compressed-tensors' own decompressor).
+    ``importance_power``: the objective weighs each tensor's error by (its error model's weight)
+    ** power: 1 as measured, 0 the plain sum of output errors; end-to-end refinement
+    (``plan.refine``) tries several and keeps the one with the least measured KL divergence."""
 
     allowed_formats: tuple[str, ...] = ()
     keep: tuple[tuple[str, str], ...] = ()
@@ -49,8 +52,11 @@ class Constraints:
     imatrix: bool = True
     error_model: str = "auto"
     int_embeddings: str = "auto"
+    importance_power: float = 1.0
 
     def __post_init__(self):
+        if not 0.0 <= self.importance_power <= 4.0:
+            raise ConfigError(f"importance_power must be in [0, 4], got {self.importance_power}")
         if self.error_model not in ERROR_MODELS:
             raise ConfigError(f"error_model must be one of {', '.join(ERROR_MODELS)}, got {self.error_model!r}")
         if self.int_embeddings not in INT_EMBEDDINGS:
@@ -127,14 +133,17 @@ class Plan:
     tensors: tuple[TensorPlan, ...]
     totals: PlanTotals
     schema_version: int = field(default=PLAN_SCHEMA_VERSION)
+    refinement: Optional[dict] = None     # plan.refine: the candidates scored end to end
 
     def to_dict(self) -> dict:
-        return {"schema_version": self.schema_version, "model": self.model, "family": self.family,
-                "budget": {"spec": str(self.budget), **self.budget.to_dict(),
-                           "bytes": self.totals.budget_bytes},
-                "allowed_formats": list(self.allowed_formats),
-                "constraints": self.constraints.to_dict(),
-                "tensors": [asdict(t) for t in self.tensors], "totals": asdict(self.totals)}
+        d = {"schema_version": self.schema_version, "model": self.model, "family": self.family,
+             "budget": {"spec": str(self.budget), **self.budget.to_dict(), "bytes": self.totals.budget_bytes},
+             "allowed_formats": list(self.allowed_formats),
+             "constraints": self.constraints.to_dict(),
+             "tensors": [asdict(t) for t in self.tensors], "totals": asdict(self.totals)}
+        if self.refinement is not None:
+            d["refinement"] = self.refinement
+        return d
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
@@ -145,7 +154,7 @@ class Plan:
             return cls(dict(data["model"]), str(data["family"]), Budget.from_dict(data["budget"]),
                        tuple(data["allowed_formats"]), Constraints.from_dict(data["constraints"]),
                        tuple(TensorPlan(**t) for t in data["tensors"]),
-                       PlanTotals(**data["totals"]))
+                       PlanTotals(**data["totals"]), refinement=data.get("refinement"))
         except (KeyError, TypeError) as e:
             raise ConfigError(f"plan is malformed: {e}") from None
 

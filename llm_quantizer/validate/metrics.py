@@ -146,23 +146,44 @@ def keep_set(logp: torch.Tensor, k: int = 32, floor: Optional[float] = -12.0, ma
     return counts, idx[keep].int(), lp[keep], rest
 
 
+class BaseBuilder:
+    """Collects the original's distribution window by window (see :func:`keep_set`); the
+    engine's divergence observer feeds it logits it computed itself."""
+
+    def __init__(self, first: int, k: int = 32, floor: Optional[float] = -12.0, max_kept: int = 8192):
+        self.first, self.k, self.floor, self.max_kept = first, k, floor, max_kept
+        self.parts: dict[str, list] = {"n": [], "tok": [], "lp": [], "rest": [], "tgt": []}
+        self.windows: list[torch.Tensor] = []
+
+    def add(self, ids: torch.Tensor, logits: torch.Tensor) -> None:
+        ids = ids.cpu()
+        logp = _scored_logp(logits.cpu(), self.first)
+        for key, v in zip(("n", "tok", "lp", "rest"), keep_set(logp, self.k, self.floor, self.max_kept)):
+            self.parts[key].append(v)
+        self.parts["tgt"].append(logp.gather(1, ids[self.first + 1:, None])[:, 0])
+        self.windows.append(ids)
+
+    def build(self, meta: Optional[dict] = None) -> BaseLogprobs:
+        if not self.windows:
+            raise ConfigError("no windows for the KL-divergence base")
+        counts = torch.cat(self.parts["n"])
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+        meta = {"k": self.k, "floor": self.floor, "max_kept": self.max_kept, **(meta or {})}
+        return BaseLogprobs(torch.stack(self.windows), self.first, offsets, torch.cat(self.parts["tok"]),
+                            torch.cat(self.parts["lp"]), torch.cat(self.parts["rest"]),
+                            torch.cat(self.parts["tgt"]), meta)
+
+
 def compute_base(rt, ew: EvalWindows, k: int = 32, floor: Optional[float] = -12.0, max_kept: int = 8192,
                  on_window: Optional[Callable] = None) -> BaseLogprobs:
     """Run the original over every window and keep its distribution (see :func:`keep_set`)."""
-    parts: dict[str, list] = {"n": [], "tok": [], "lp": [], "rest": [], "tgt": []}
+    builder = BaseBuilder(ew.first, k, floor, max_kept)
     for w, ids in enumerate(_bar(ew.ids, f"original {getattr(rt, 'name', '')}")):
         logits = rt.logits(ids.tolist())
         if on_window:
             on_window(w, ids, logits)
-        logp = _scored_logp(logits, ew.first)
-        for key, v in zip(("n", "tok", "lp", "rest"), keep_set(logp, k, floor, max_kept)):
-            parts[key].append(v)
-        parts["tgt"].append(logp.gather(1, ids[ew.first + 1:, None])[:, 0])
-    counts = torch.cat(parts["n"])
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
-    meta = {"model": getattr(rt, "name", "?"), "k": k, "floor": floor, "max_kept": max_kept}
-    return BaseLogprobs(ew.ids.clone(), ew.first, offsets, torch.cat(parts["tok"]), torch.cat(parts["lp"]),
-                        torch.cat(parts["rest"]), torch.cat(parts["tgt"]), meta)
+        builder.add(ids, logits)
+    return builder.build({"model": getattr(rt, "name", "?")})
 
 
 # -- one quantized model against the base --------------------------------------------------------
