@@ -123,6 +123,24 @@ def constraints_note(plan: dict) -> str:
     return note("Constraints: " + "; ".join(f for f in facts if f) + ".")
 
 
+def refinement(plan: dict) -> str:
+    """The candidates of ``plan --refine``: their measured KL divergence, the one kept."""
+    r = as_dict(plan.get("refinement"))
+    cands = [c for c in r.get("candidates") or [] if isinstance(c, dict)]
+    if not cands:
+        return ""
+    rows = [("✓" if c.get("label") == r.get("chosen") else "", c.get("label"), c.get("error_model"),
+             c.get("importance_power"), size(c.get("bytes")), fmt(c.get("predicted_error")), fmt(c.get("kld_mean")),
+             fmt(c.get("kld_p99")), fmt(c.get("same_top_pct"))) for c in cands]
+    where = "held-out calibration text" if r.get("heldout") else "the calibration sequences (nothing held out)"
+    return ("<h3>End-to-end refinement</h3>"
+            + note(f"{len(cands)} candidate plans fake-quantized with {r.get('quantizer', 'the real quantizers')} "
+                   f"and streamed through the model; KL divergence to the original on {where}: "
+                   f"{r.get('samples')} x {r.get('seq_len')} tokens. The least divergent is kept.")
+            + table(["kept", "objective", "error model", "power", "size", "predicted error", "KLD mean",
+                     "KLD p99", "same top %"], rows))
+
+
 def plan_section(run: RunFiles) -> str:
     if not run.plan:
         return ""
@@ -134,5 +152,6 @@ def plan_section(run: RunFiles) -> str:
     if summary:
         parts.append("<h3>Formats</h3>" + summary)
     parts.append(constraints_note(run.plan))
+    parts.append(refinement(run.plan))
     parts.append(figure(run.path("quantization_plan", "quantization_plan.png"), "quantization plan heatmap"))
     return "".join(p for p in parts if p)

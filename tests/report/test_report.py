@@ -191,3 +191,17 @@ def test_constraints_note_names_row_length_fallbacks():
     assert "stored as IQ4_NL, Q5_1 where llama.cpp" in text
     plan["tensors"] = [{"format": "Q4_K"}, {"format": "F32"}]
     assert "stored as" not in constraints_note(plan)
+
+
+def test_refinement_table_marks_the_kept_plan():
+    from llm_quantizer.report.plan_view import refinement
+    assert refinement({}) == ""
+    plan = {"refinement": {"chosen": "local^1", "heldout": True, "samples": 16, "seq_len": 512,
+                           "quantizer": "llama.cpp (imatrix)",
+                           "candidates": [{"label": "residual^1", "kld_mean": 0.067, "bytes": 100},
+                                          {"label": "local^1", "kld_mean": 0.061, "bytes": 99}]}}
+    html = refinement(plan)
+    assert "held-out calibration text" in html and "16 x 512" in html
+    rows = html.split("<tr>")[2:]
+    assert "✓" not in rows[0] and "residual^1" in rows[0]
+    assert "✓" in rows[1] and "local^1" in rows[1]
