@@ -7,6 +7,10 @@ tools load). Calibration: wiki_en_calib.txt, N x 512 tokens (N = --samples). Eac
 its wall time and CPU time (user + sys of the whole process, threads included) for the timed part
 (load + quantize + save, not the imports), the whole process's CPU time, its peak RSS (VmHWM)
 and the load average around it (the box is shared: CPU time is the fairer figure).
+Arms: ``ours`` (layers run in float32), ``ours-bf16`` (``compute_dtype=bfloat16``: the layers
+run in bfloat16 as gptqmodel runs them; Hessians and solve in float32 in both) and ``gptqmodel``.
+Each arm's perplexity on wiki_en_eval.txt (--eval-tokens, 512-token windows, bf16) is reported
+next to its cost, so a faster arm cannot hide a worse model.
 Ours also writes a classic ``quant_method: gptq`` checkpoint; when gptqmodel imports, that
 checkpoint is loaded with transformers and its logits compared with our fake-quant model.
 
@@ -60,7 +64,7 @@ def _timed(t0, c0, l0) -> dict:
             "loadavg_start": l0, "loadavg_end": os.getloadavg()}
 
 
-def child_ours(hf_dir, out, samples, seq_len, text_dir, group, true_seq):
+def child_ours(hf_dir, out, samples, seq_len, text_dir, group, true_seq, dtype="float32"):
     import torch
 
     from llm_quantizer.model import open_source
@@ -72,10 +76,15 @@ def child_ours(hf_dir, out, samples, seq_len, text_dir, group, true_seq):
     src = open_source(hf_dir)
     res = quantize_int(src, "gptq", resolve_schemes(src, None, QuantArgs(4, group, True)), ids, out,
                        options=GPTQOptions(act_order=True, percdamp=0.01, true_sequential=true_seq), device="cpu",
-                       batch_size=4, progress=False, checkpoint_format="gptq", keep_fake=True)
-    row = _timed(t0, c0, l0)
-    torch.save({k: v for k, v in res.fake_state.items()}, Path(out).parent / "ours_fake.pt")
+                       batch_size=4, progress=False, checkpoint_format="gptq", keep_fake=True,
+                       compute_dtype=getattr(torch, dtype))
+    row = {**_timed(t0, c0, l0), "compute_dtype": dtype}
+    torch.save({k: v for k, v in res.fake_state.items()}, Path(out).parent / f"{Path(out).name}_fake.pt")
     return row
+
+
+def child_ours_bf16(*args):
+    return child_ours(*args, dtype="bfloat16")
 
 
 def child_gptqmodel(hf_dir, out, samples, seq_len, text_dir, group, true_seq):
@@ -94,7 +103,7 @@ def child_gptqmodel(hf_dir, out, samples, seq_len, text_dir, group, true_seq):
 
 
 def _child(argv):
-    fn = {"ours": child_ours, "gptqmodel": child_gptqmodel}[argv[0]]
+    fn = {"ours": child_ours, "ours-bf16": child_ours_bf16, "gptqmodel": child_gptqmodel}[argv[0]]
     row = fn(argv[1], argv[2], int(argv[3]), int(argv[4]), Path(argv[5]), int(argv[6]), argv[7] == "1")
     row["process_cpu_seconds"] = round(_cpu(), 1)
     row["peak_rss_mib"] = _peak_rss_mib()
@@ -143,6 +152,31 @@ def logits_check(hf: Path, ckpt: Path, fake_path: Path) -> dict:
             "max_abs_weight_diff": wdiff}
 
 
+def perplexity(hf: Path, text_dir: Path, tokens: int, ckpt: Path | None = None, fake: Path | None = None) -> dict:
+    """ppl on wiki_en_eval.txt (non-overlapping 512-token windows, bf16) of a checkpoint loaded by
+    transformers (gptqmodel's, through optimum + gptqmodel) or of the source with a fake-quant state."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llm_quantizer.model import open_source
+
+    ids = open_source(str(hf)).tokenizer()((text_dir / "wiki_en_eval.txt").read_text())["input_ids"]
+    win = torch.tensor(ids[: tokens // 512 * 512]).view(-1, 512)
+    if ckpt is not None:
+        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16, device_map="cpu").eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.bfloat16).eval()
+        if fake is not None:
+            model.load_state_dict(torch.load(fake, weights_only=True), strict=False)
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for b in win.split(4):
+            logp = torch.log_softmax(model(b).logits[:, :-1].float(), -1)
+            nll -= logp.gather(-1, b[:, 1:, None]).sum().item()
+            n += b[:, 1:].numel()
+    return {"ppl": round(float(torch.tensor(nll / n).exp()), 4), "tokens": n}
+
+
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
         _child(sys.argv[2:])
@@ -155,7 +189,9 @@ def main(argv=None) -> int:
     ap.add_argument("--text-dir", type=Path, default=TEXT)
     ap.add_argument("--gptqmodel-path", default=None, help="folder gptqmodel was installed into (--target)")
     ap.add_argument("--true-sequential", action="store_true", help="true-sequential in both (gptqmodel's default)")
-    ap.add_argument("--only", default="ours,gptqmodel")
+    ap.add_argument("--only", default="ours,ours-bf16,gptqmodel",
+                    help="arms: ours (layers in float32), ours-bf16 (layers in bfloat16), gptqmodel")
+    ap.add_argument("--eval-tokens", type=int, default=4096, help="ppl of each arm on wiki_en_eval (0: skip)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gptq_vs_gptqmodel.json"))
     args = ap.parse_args(argv)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [args.gptqmodel_path, str(ROOT)])),
@@ -179,11 +215,32 @@ def main(argv=None) -> int:
             lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
             result["classic_gptq_reload"] = json.loads(lines[-1][7:]) if lines else {"error": p.stderr[-2000:]}
             print("classic reload", result["classic_gptq_reload"], flush=True)
-    print(f"\n{'arm':10} {'wall s':>8} {'CPU s':>8} {'process CPU s':>14} {'peak RSS MiB':>13}  load start -> end")
+        if args.eval_tokens:
+            arms = {"original": "None, None"}
+            for which, row in result["rows"].items():
+                if "error" in row:
+                    continue
+                arms[which] = (f"{str(tmp / which)!r}, None" if which == "gptqmodel"
+                               else f"None, {str(tmp / (which + '_fake.pt'))!r}")
+            for which, a in arms.items():
+                code = (f"import sys, json; from pathlib import Path; sys.path.insert(0, {str(ROOT)!r}); "
+                        f"sys.argv = ['x']; from bench.gptq_vs_gptqmodel import perplexity; "
+                        f"print('RESULT ' + json.dumps(perplexity(Path({str(hf)!r}), Path({str(args.text_dir)!r}), "
+                        f"{args.eval_tokens}, *[None if x is None else Path(x) for x in ({a})])))")
+                p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+                lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+                got = json.loads(lines[-1][7:]) if lines else {"error": p.stderr[-2000:]}
+                result.setdefault("perplexity", {})[which] = got
+                print("ppl", which, got, flush=True)
+    ppl = result.get("perplexity", {})
+    print(f"\n{'arm':10} {'wall s':>8} {'CPU s':>8} {'process CPU s':>14} {'peak RSS MiB':>13} {'ppl':>8}  load start -> end")
     for which, row in result["rows"].items():
         if "error" not in row:
             print(f"{which:10} {row['seconds']:8.1f} {row['cpu_seconds']:8.1f} {row['process_cpu_seconds']:14.1f} "
-                  f"{row['peak_rss_mib']:13d}  {row['loadavg_start'][0]:.1f} -> {row['loadavg_end'][0]:.1f}")
+                  f"{row['peak_rss_mib']:13d} {ppl.get(which, {}).get('ppl', float('nan')):8.3f}  "
+                  f"{row['loadavg_start'][0]:.1f} -> {row['loadavg_end'][0]:.1f}")
+    if "original" in ppl:
+        print(f"original ppl {ppl['original'].get('ppl')}")
     from llm_quantizer.io import write_json
 
     write_json(args.out, result)

@@ -51,6 +51,8 @@ CONFIG_FLAGS: list[tuple[tuple[str, ...], str, object, str]] = [
     (("--gptq-group-size",), "gptq.group_size", int, "GPTQ group size (-1: per channel)"),
     (("--gptq-act-order",), "gptq.act_order", "optbool", "GPTQ activation order with static groups (default on)"),
     (("--no-gptq-act-order",), "gptq.act_order", "false", "GPTQ in column order (same as --gptq-act-order false)"),
+    (("--gptq-compute-dtype",), "gptq.compute_dtype", str,
+     "GPTQ layer forwards in float32 (default) or bfloat16 (Hessians and solve stay float32)"),
     (("--gptq-checkpoint-format",), "gptq.checkpoint_format", str,
      "compressed-tensors (default, per-layer bits) | gptq (classic quant_method gptq, uniform bits)"),
     (("--awq-bits",), "awq.bits", int, "AWQ bits when no plan is used"),

@@ -54,12 +54,13 @@ class IntBackend(Backend):
             check_asymmetric(schemes)
         ids = calibration_ids(calibration)
         device = getattr(config, "device", None) or "auto"
+        dtype = getattr(getattr(config, self.method, None), "compute_dtype", "float32")
         res = quantize_int(source, self.method, schemes, ids, Path(out_dir) / layout.QUANTIZED, plan=plan,
                            options=self.options(config), device=device, batch_size=self.batch_size,
-                           progress=self.progress, checkpoint_format=fmt)
+                           progress=self.progress, checkpoint_format=fmt, compute_dtype=getattr(torch, dtype))
         files = sorted(p for p in res.path.iterdir() if p.is_file())
         info = {"method": self.method, "format": "compressed-tensors pack-quantized" if fmt == "compressed-tensors"
                 else f"classic {fmt}",
                 "quantization_config": res.quantization_config, "seconds": res.seconds,
-                "tensor_bytes": res.nbytes, "calibration_shape": list(ids.shape)}
+                "tensor_bytes": res.nbytes, "calibration_shape": list(ids.shape), "compute_dtype": dtype}
         return Artifact(self.name, res.path, files, sum(p.stat().st_size for p in files), info)

@@ -121,7 +121,7 @@ def _layer_tensor_names(source):
 def quantize_int(source, method: str, schemes: Mapping[str, Optional[QuantArgs]], input_ids: Optional[torch.Tensor],
                  final_dir: str | Path, *, plan=None, options=None, device: str = "auto", batch_size: int = 4,
                  progress: bool = True, keep_fake: bool = False, card_info: Optional[dict] = None,
-                 checkpoint_format: str = "compressed-tensors") -> IntQuantResult:
+                 checkpoint_format: str = "compressed-tensors", compute_dtype: torch.dtype = torch.float32) -> IntQuantResult:
     """Quantize ``source`` layer by layer with ``method`` and write ``final_dir`` atomically.
 
     ``checkpoint_format``: ``compressed-tensors`` (pack-quantized, per-layer bits), or for uniform
@@ -135,11 +135,11 @@ def quantize_int(source, method: str, schemes: Mapping[str, Optional[QuantArgs]]
     sink = _Tee(writer, keep_fake)
     qpass = _make_pass(method, schemes, sink, _layer_tensor_names(source), options)
     try:
-        engine = LayerwiseEngine(source, EngineOptions(device=device, dtype=torch.float32, batch_size=batch_size,
+        engine = LayerwiseEngine(source, EngineOptions(device=device, dtype=compute_dtype, batch_size=batch_size,
                                                        progress=progress, run_head=False))
         engine.run(input_ids, [qpass], transform=qpass)
         _write_outer_tensors(source, schemes, sink)
-        info = {"method": method, "checkpoint_format": checkpoint_format, "calibration_tokens": int(input_ids.numel()) if method != "rtn" else 0,
+        info = {"method": method, "checkpoint_format": checkpoint_format, "compute_dtype": str(compute_dtype).removeprefix("torch."), "calibration_tokens": int(input_ids.numel()) if method != "rtn" else 0,
                 "device": str(engine.device), **(card_info or {})}
         if options is not None:
             info.update({f"{method}_{k}": v for k, v in asdict(options).items()})

@@ -25,6 +25,7 @@ def _load_and_run(path):
 
 @pytest.mark.parametrize("name,overrides", [
     ("gptq", {"gptq.group_size": 32, "gptq.act_order": True, "gptq.bits": 3}),
+    ("gptq", {"gptq.group_size": 32, "gptq.compute_dtype": "bfloat16"}),
     ("awq", {"awq.group_size": 64, "awq.zero_point": False}),
 ])
 def test_backend_writes_loadable_checkpoint(tiny_llama, tmp_path, name, overrides):
@@ -38,6 +39,7 @@ def test_backend_writes_loadable_checkpoint(tiny_llama, tmp_path, name, override
     assert group["weights"]["group_size"] == opts.group_size and group["weights"]["num_bits"] == opts.bits
     info = json.loads((art.path / "llm_quantizer.json").read_text())
     assert info["method"] == name and info["calibration_tokens"] == CAL.input_ids.numel()
+    assert info["compute_dtype"] == getattr(opts, "compute_dtype", "float32") == art.info["compute_dtype"]
     assert torch.isfinite(_load_and_run(art.path)).all()
 
 
