@@ -110,14 +110,22 @@ def _child(argv):
     print("RESULT " + json.dumps(row), flush=True)
 
 
+def _result(p: subprocess.CompletedProcess, err: str) -> dict:
+    """The JSON a child printed after ``RESULT ``, or {"error": the end of ``err``}."""
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    return json.loads(lines[-1][7:]) if lines else {"error": err[-2000:]}
+
+
+def _run_code(code: str, env) -> dict:
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return _result(p, p.stderr)
+
+
 def _run_child(which, hf, out, args, env):
     cmd = [sys.executable, __file__, "--child", which, str(hf), str(out), str(args.samples), str(args.seq_len),
            str(args.text_dir), str(args.group_size), str(int(args.true_sequential))]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    for line in p.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    return {"error": (p.stderr or p.stdout)[-2000:]}
+    return _result(p, p.stderr or p.stdout)
 
 
 def prepare_hf(model: str, folder: Path) -> Path:
@@ -211,9 +219,7 @@ def main(argv=None) -> int:
                     f"from bench.gptq_vs_gptqmodel import logits_check; "
                     f"print('RESULT ' + json.dumps(logits_check({str(hf)!r}, {str(tmp / 'ours')!r}, "
                     f"{str(tmp / 'ours_fake.pt')!r})))")
-            p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-            lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-            result["classic_gptq_reload"] = json.loads(lines[-1][7:]) if lines else {"error": p.stderr[-2000:]}
+            result["classic_gptq_reload"] = _run_code(code, env)
             print("classic reload", result["classic_gptq_reload"], flush=True)
         if args.eval_tokens:
             arms = {"original": "None, None"}
@@ -227,10 +233,7 @@ def main(argv=None) -> int:
                         f"sys.argv = ['x']; from bench.gptq_vs_gptqmodel import perplexity; "
                         f"print('RESULT ' + json.dumps(perplexity(Path({str(hf)!r}), Path({str(args.text_dir)!r}), "
                         f"{args.eval_tokens}, *[None if x is None else Path(x) for x in ({a})])))")
-                p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-                lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-                got = json.loads(lines[-1][7:]) if lines else {"error": p.stderr[-2000:]}
-                result.setdefault("perplexity", {})[which] = got
+                got = result.setdefault("perplexity", {})[which] = _run_code(code, env)
                 print("ppl", which, got, flush=True)
     ppl = result.get("perplexity", {})
     print(f"\n{'arm':10} {'wall s':>8} {'CPU s':>8} {'process CPU s':>14} {'peak RSS MiB':>13} {'ppl':>8}  load start -> end")
