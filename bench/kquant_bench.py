@@ -194,14 +194,18 @@ def main(argv=None):
     out_json = OUT / f"kquant_bench_{args.model}.json"
     if not args.speed_only:
         work = Path(args.work) / args.model
-        results = {}
+        # runs with other mixes accumulate in the same JSON (a mix run again is replaced)
+        old = json.loads(out_json.read_text()) if out_json.exists() else {}
+        results = dict(old.get("results", {})) if all(old.get("args", {}).get(k) == getattr(args, k)
+                                                     for k in ("eval_tokens", "cal_samples", "seq_len", "ctx")) else {}
         base = kld_base(src, args.eval_tokens, args.ctx)
         for mix in args.mixes:
             files = make_files(src, mix, ids, means, work, args.device)
             print(f"{mix}: re-encoded {files['reencoded']} tensors {files['reencoded_types']} "
                   f"in {files['feedback_seconds']}s", flush=True)
             ev = eval_files(base, {"llamacpp": files["llamacpp"], "ours": files["ours"]}, args.ctx)
-            results[mix] = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in files.items()}, "eval": ev}
+            results[mix] = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in files.items()}, "eval": ev,
+                            "command": rec["command"], "loadavg": os.getloadavg()}
             rec["results"] = results
             out_json.parent.mkdir(parents=True, exist_ok=True)
             out_json.write_text(json.dumps(rec, indent=1, default=str))
