@@ -88,17 +88,22 @@ def make_ours(src, work: Path, preset: str, nbytes: int, rounding: str, error_mo
 def bench_model(model: str, args) -> list[dict]:
     work = Path(args.work) / model
     src = prepare(model, work, args.samples, args.seq_len)
-    arts, rows = [], []
+    arts, rows, same_size = [], [], {}
     for preset in args.presets:
         p = make_preset(src, work, preset)
         row = {"model": model, "preset": preset, "llama_file": str(p), "llama_bytes": p.stat().st_size}
         for rounding, em in variants(args):
-            ours, info = make_ours(src, work, preset, p.stat().st_size, rounding, em)
+            # presets of one file size (K-quant fallbacks: Q2_K and Q3_K_S on SmolLM2) share our plan
+            k = (p.stat().st_size, rounding, em)
+            if k not in same_size:
+                same_size[k] = make_ours(src, work, preset, p.stat().st_size, rounding, em)
+            ours, info = same_size[k]
             key = variant_key(rounding, em)
             row[key] = {"file": str(ours) if ours else None, **info}
             if ours:
                 row[key]["bytes"] = ours.stat().st_size
-                arts.append(ours)
+                if ours not in arts:
+                    arts.append(ours)
         arts.append(p)
         rows.append(row)
     by_path, orig, ev = score_files(src, arts, work, args)
