@@ -1,8 +1,12 @@
-"""Perplexity of smollm2-135m: original, RTN / GPTQ / AWQ 4-bit (uniform) and a mixed GPTQ plan at
-the uniform file size, every quantized model reloaded from its compressed-tensors checkpoint.
+"""Perplexity and KLD of an example model (smollm2-135m by default, or gemma3-270m): original,
+RTN / GPTQ / AWQ 4-bit (uniform) and a mixed GPTQ plan at the uniform file size, every quantized
+model reloaded from its compressed-tensors checkpoint; optionally gptqmodel 7.6.0's uniform 4-bit
+GPTQ on the same calibration ids (``--gptqmodel-path``, method ``gptqmodel``), reloaded through
+transformers + optimum + gptqmodel and scored on the same windows.
 
-Group size 64, not 128: SmolLM2's hidden size 576 is not divisible by 128 (576 = 9 x 64).
-The example model ships as a Q4_1 GGUF; "original" is that model dequantized (bf16).
+Group size 64 for SmolLM2: its hidden size 576 is not divisible by 128 (576 = 9 x 64), and
+compressed-tensors refuses uneven groups. gemma3-270m (640 / 2048 wide rows) runs at g128.
+Both example models ship as 4-bit GGUFs (Q4_1, Q4_K_M); "original" is that model dequantized (bf16).
 Calibration: wiki_en_calib.txt, N x 512 tokens. Eval: the first 4096 tokens of wiki_en_eval.txt
 in 8 fixed windows of 512 (no overlap), the same ids for every model: ppl, and KL(original ||
 model) per token (mean, p99) with the original's top-1 match, against the original's log-probs
@@ -34,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llm_quantizer.calibrate import build_calibration, load_documents  # noqa: E402
+from llm_quantizer.calibrate import adds_bos, build_calibration, load_documents  # noqa: E402
 from llm_quantizer.engine import resolve_device  # noqa: E402
 from llm_quantizer.engine.skeleton import load_full_model  # noqa: E402
 from llm_quantizer.io import write_json  # noqa: E402
@@ -42,13 +46,26 @@ from llm_quantizer.model import open_source  # noqa: E402
 from llm_quantizer.quant.rtn import QuantArgs  # noqa: E402
 from llm_quantizer.quant_runner import quantize_int, resolve_schemes  # noqa: E402
 
-TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = ROOT.parent / "shared" / "data" / "text"
 MIXED_FORMATS = ["int3_g32", "int3_g64", "int4_g32", "int4_g64", "int8_g64", "BF16"]
 
 
+def mixed_formats(group: int) -> list[str]:
+    """The mixed plan's candidates: MIXED_FORMATS, plus int3/int4/int8 at ``group`` when it is not
+    32 or 64 (so the uniform plan's own format is always a candidate)."""
+    extra = [f"int3_g{group}", f"int4_g{group}", f"int8_g{group}"] if group not in (32, 64) else []
+    return MIXED_FORMATS[:-1] + extra + ["BF16"]
+
+
 def eval_windows(tok, path: Path, n_tokens: int = 4096, window: int = 512) -> torch.Tensor:
+    """Fixed non-overlapping windows of the eval text; a tokenizer that adds BOS (Gemma's) gets it as
+    each window's first token, as llama-perplexity does (Gemma without it scores ~2x worse ppl)."""
     ids = tok(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"][:n_tokens]
-    return torch.tensor(ids[: len(ids) // window * window]).reshape(-1, window)
+    w = torch.tensor(ids[: len(ids) // window * window]).reshape(-1, window)
+    if adds_bos(tok):
+        w[:, 0] = tok.bos_token_id
+    return w
 
 
 @torch.no_grad()
@@ -111,13 +128,14 @@ def mixed_plan(source, ids, device, group: int, error_model: str = "residual"):
     from llm_quantizer.measure import run_measurements
     from llm_quantizer.plan import Constraints, make_plan
 
+    formats = mixed_formats(group)
     if "meas" not in _MEAS:
         t0 = time.perf_counter()
-        _MEAS["meas"] = run_measurements(source, ids, MIXED_FORMATS, device=str(device), progress=False).measurements
+        _MEAS["meas"] = run_measurements(source, ids, formats, device=str(device), progress=False).measurements
         _MEAS["seconds"] = round(time.perf_counter() - t0, 1)
     meas = _MEAS["meas"]
     uniform = make_plan(meas, "1", [f"int4_g{group}"], Constraints(super_weight_min_bits=None))
-    plan = make_plan(meas, f"{uniform.totals.bytes}B", MIXED_FORMATS, Constraints(error_model=error_model))
+    plan = make_plan(meas, f"{uniform.totals.bytes}B", formats, Constraints(error_model=error_model))
     return plan, uniform.totals.bytes
 
 
@@ -159,6 +177,35 @@ def run_method(name, source, ids, windows, device, group, work: Path, row: dict,
     return row
 
 
+def run_gptqmodel(args, source, windows, work: Path, row: dict, base=None):
+    """gptqmodel 7.6.0's uniform 4-bit GPTQ (act-order, sym, damp 0.01, true-sequential off as in
+    our ``gptq``) on the same calibration ids, in its own process (bench/gptq_vs_gptqmodel.py's
+    child), then loaded here through transformers + optimum + gptqmodel and scored like the others."""
+    from bench.gptq_vs_gptqmodel import _run_child, prepare_hf
+
+    hf = work / "hf_bf16"
+    if not hf.exists():
+        prepare_hf(args.model, hf)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([args.gptqmodel_path, str(ROOT)]),
+               OMP_NUM_THREADS=str(os.cpu_count()), GPTQMODEL_CPU_WORKERS=str(max(2, os.cpu_count() or 2)))
+    child_args = argparse.Namespace(samples=args.samples, seq_len=args.seq_len, text_dir=args.text_dir,
+                                    group_size=args.group_size, true_sequential=False)
+    out = work / "gptqmodel"
+    got = _run_child("gptqmodel", hf, out, child_args, env)
+    if "error" in got:
+        raise RuntimeError(got["error"].strip().splitlines()[-1])
+    row.update(quant_seconds=got["seconds"], quant_cpu_seconds=got["cpu_seconds"], peak_mib=got["peak_rss_mib"],
+               gptqmodel=got.get("gptqmodel"),
+               file_bytes=sum(p.stat().st_size for p in out.glob("*.safetensors")))
+    if args.gptqmodel_path not in sys.path:
+        sys.path.insert(0, args.gptqmodel_path)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16, device_map="cpu").eval()
+    row.update(score(model, windows, torch.device("cpu"), None if base is None else [b.cpu() for b in base]))
+    return row
+
+
 def _count(schemes):
     from llm_quantizer.quant_runner.schemes import scheme_label
 
@@ -183,22 +230,32 @@ def main(argv=None) -> int:
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--methods", default="rtn,gptq,gptq-noact,awq,mixed,mixed-local,mixed-awq")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "gptq_awq_bench.json"))
+    ap.add_argument("--gptqmodel-path", default=None,
+                    help="folder gptqmodel 7.6.0 was installed into (--target); adds method gptqmodel")
+    ap.add_argument("--eval-tokens", type=int, default=4096)
+    ap.add_argument("--out", default=None, help="default bench/results/gptq_awq_bench[_MODEL_gGROUP].json")
     args = ap.parse_args(argv)
+    if args.out is None:
+        suffix = "" if (args.model, args.group_size) == ("smollm2-135m", 64) else f"_{args.model}_g{args.group_size}"
+        args.out = str(Path(__file__).parent / "results" / f"gptq_awq_bench{suffix}.json")
+    if "gptqmodel" in args.methods.split(",") and not args.gptqmodel_path:
+        ap.error("method gptqmodel needs --gptqmodel-path")
     load0 = os.getloadavg()
     device = resolve_device(args.device)
     source, text = open_source(args.model), Path(args.text_dir)
     tok = source.tokenizer()
     ids = build_calibration(load_documents([text / "wiki_en_calib.txt"]), tok, args.samples, args.seq_len, 0).input_ids
-    windows = eval_windows(tok, text / "wiki_en_eval.txt")
+    windows = eval_windows(tok, text / "wiki_en_eval.txt", args.eval_tokens)
     original = load_full_model(source, str(device), torch.bfloat16)
-    rows = [{"method": "original (Q4_1 GGUF dequantized, bf16)", "ppl": perplexity(original, windows, device)}]
+    rows = [{"method": "original (4-bit GGUF dequantized, bf16)", "ppl": perplexity(original, windows, device)}]
     base = base_logprobs(original, windows, device)
     del original
     print(f"original ppl {rows[0]['ppl']:.3f}", flush=True)
-    meta = {"model": "smollm2-135m", "calibration": list(ids.shape),
+    meta = {"model": args.model, "calibration": list(ids.shape),
             "eval": {"tokens": windows.numel(), "windows": list(windows.shape)},
-            "group_size": args.group_size, "note": "group 64: hidden 576 is not divisible by 128", "rows": rows}
+            "group_size": args.group_size, "mixed_formats": mixed_formats(args.group_size),
+            "command": "python bench/gptq_awq_bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "rows": rows}
 
     def save():
         write_json(args.out, {**meta, "device": _device_name(device), "loadavg_start": load0,
@@ -215,7 +272,12 @@ def main(argv=None) -> int:
                     em = "local" if "local" in name else "residual"
                     plan, budget = mixed_plan(source, ids, device, args.group_size, em)
                     row.update(budget_bytes=budget, error_model=em, measure_seconds=_MEAS["seconds"])
-                rows.append(run_method(name, source, ids, windows, device, args.group_size, Path(tmp), row, plan, base))
+                if name == "gptqmodel":
+                    row["method"] = f"gptqmodel 4-bit g{args.group_size} sym"
+                    rows.append(run_gptqmodel(args, source, windows, Path(tmp), row, base))
+                else:
+                    rows.append(run_method(name, source, ids, windows, device, args.group_size, Path(tmp), row,
+                                           plan, base))
             except Exception as e:  # noqa: BLE001 - a failed row is reported, the others still run
                 row["error"] = f"{type(e).__name__}: {e}"
                 rows.append(row)

@@ -168,8 +168,13 @@ def perplexity(hf: Path, text_dir: Path, tokens: int, ckpt: Path | None = None, 
 
     from llm_quantizer.model import open_source
 
-    ids = open_source(str(hf)).tokenizer()((text_dir / "wiki_en_eval.txt").read_text())["input_ids"]
+    from llm_quantizer.calibrate import adds_bos
+
+    tok = open_source(str(hf)).tokenizer()
+    ids = tok((text_dir / "wiki_en_eval.txt").read_text(), add_special_tokens=False)["input_ids"]
     win = torch.tensor(ids[: tokens // 512 * 512]).view(-1, 512)
+    if adds_bos(tok):  # Gemma: BOS first in every window, as llama-perplexity does
+        win[:, 0] = tok.bos_token_id
     if ckpt is not None:
         model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16, device_map="cpu").eval()
     else:

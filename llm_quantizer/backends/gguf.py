@@ -7,8 +7,11 @@
    so: llama.cpp's ``--allow-requantize`` route, done through F16);
 2. runs ``llama_model_quantize`` with a default type and ``(regex, type)`` tensor overrides and
    an importance matrix, into ``quantized_model/<name>-<label>.gguf``;
-3. writes ``quantization_plan/quantization_command.sh``: the same with llama.cpp's command line
-   tools (every argument shell-quoted).
+3. a quantized GGUF source: every tensor that ends up in the type it is stored in keeps the
+   source's bytes (``keep_source_tensors``), as llama-quantize does for a tensor already in its
+   target type; re-quantizing its dequantization would not give them back exactly;
+4. writes ``quantization_plan/quantization_command.sh``: the same with llama.cpp's command line
+   tools (every argument shell-quoted; step 3 with gguf-py).
 
 ``plan``: ``None`` (``config.gguf.llamacpp_type``, default Q4_K_M, llama.cpp's own mix), a
 ``{tensor name (GGUF or HF): ggml type}`` dict, a list of ``(regex, type)`` rules, a compiled
@@ -130,8 +133,9 @@ class GGUFBackend(Backend):
         cal = GGUFCalibration.coerce(calibration)
         requant = quantized_types(source)
         if requant:
-            log.warning("%s is already quantized (%s): it is dequantized to %s and quantized again; "
-                        "quality is bounded by the source", source.name, ", ".join(requant), self.intermediate_type)
+            log.warning("%s is already quantized (%s): it is dequantized to %s and quantized again "
+                        "(tensors that stay in their stored type keep its bytes); quality is bounded by the source",
+                        source.name, ", ".join(requant), self.intermediate_type)
         inter = self.intermediate(source, out_dir)
         imat_file = self._imatrix_file(cal, out_dir)
         final = out_dir / layout.QUANTIZED / f"{model_name(source)}-{spec.label}.gguf"
@@ -139,20 +143,23 @@ class GGUFBackend(Backend):
         llama_file = final if rounding == "nearest" else inter.parent / final.name
         llama_quantize(inter, llama_file, spec.ftype, spec.tensor_types, cal.imatrix or imat_file,
                        nthread=self.nthread)
+        same = same_type_tensors(source, llama_file) if requant else []
         feedback = None
         if rounding == "gptq":
-            feedback = self._gptq_rounding(source, llama_file, final, cal, imat_file, config)
+            feedback = self._gptq_rounding(source, llama_file, final, cal, imat_file, config, skip=same)
+        kept = keep_source_tensors(source, final, same) if same else []
         script = write_text(out_dir / layout.PLAN / SCRIPT_NAME,
                             quantization_script(source, inter, final, spec, imat_file, requant,
-                                                self.intermediate_type.upper()))
+                                                self.intermediate_type.upper(), kept=bool(kept)))
         info = self._info(final, inter, spec, imat_file, requant)
+        info["kept_source_tensors"] = len(kept)
         if feedback is not None:
             info.update(rounding="gptq", llamacpp_file=str(llama_file), feedback=feedback)
         return Artifact(self.name, final, [final, script] + ([imat_file] if imat_file else []),
                         final.stat().st_size, info)
 
     def _gptq_rounding(self, source, llama_file: Path, final: Path, cal: GGUFCalibration,
-                       imat_file: Optional[Path], config) -> dict:
+                       imat_file: Optional[Path], config, skip=()) -> dict:
         """llama.cpp's file re-encoded with our error-feedback encoders (gguf_feedback.py)."""
         from ..ggml.imatrix import load_imatrix_means
         from .gguf_feedback import gptq_round_gguf
@@ -165,7 +172,7 @@ class GGUFBackend(Backend):
         opts = {} if g is None else dict(act_order=g.feedback_act_order, refit=g.feedback_refit,
                                          first_token_weight=g.feedback_first_token_weight,
                                          percdamp=g.feedback_percdamp)
-        return gptq_round_gguf(source, llama_file, final, ids, means, device=device, **opts)
+        return gptq_round_gguf(source, llama_file, final, ids, means, device=device, skip=skip, **opts)
 
     def intermediate(self, source, out_dir: Path) -> Path:
         """The float GGUF llama.cpp quantizes from; reused when already complete."""
@@ -199,9 +206,77 @@ def _line(argv: list[str], exe_var: str) -> str:
     return " ".join([f'"${exe_var}"'] + [shlex.quote(str(a)) for a in argv[1:]])
 
 
+def same_type_tensors(source, path: Path) -> list[str]:
+    """GGUF names of the tensors of ``path`` that have the ggml type and shape they have in the
+    (GGUF) ``source``, checked on their first rows: their dequantizations must agree to within
+    one quantization step, so that a name or row-order mismatch is never papered over."""
+    from gguf.quants import dequantize
+
+    from .gguf_feedback import gguf_tensor_table
+
+    if getattr(source, "kind", None) != "gguf":
+        return []
+    ours = gguf_tensor_table(path)
+    data = _raw_tensors(path)
+    out = []
+    for t in source.reader.tensors:
+        got = ours.get(t.name)
+        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+        if got is None or got[0] != t.tensor_type.name or got[1] != shape or got[3] != int(t.n_bytes):
+            continue
+        rows = min(8, shape[0]) if len(shape) == 2 else 1
+        a = dequantize(_rows(t.data, rows), t.tensor_type).astype(np.float64).ravel()
+        b = dequantize(_rows(data[t.name], rows), t.tensor_type).astype(np.float64).ravel()
+        if np.sqrt(np.mean((a - b) ** 2)) > 0.25 * np.sqrt(np.mean(a ** 2)) + 1e-12:
+            log.warning("%s: same type %s as the source but different values; not kept", t.name, got[0])
+            continue
+        out.append(t.name)
+    return out
+
+
+def keep_source_tensors(source, path: Path, names) -> list[str]:
+    """Write the source GGUF's stored bytes of ``names`` over theirs in ``path`` (atomically)."""
+    from .gguf_feedback import patch_tensors
+
+    names = set(names)
+    raw = {t.name: np.asarray(t.data).view(np.uint8).reshape(-1) for t in source.reader.tensors if t.name in names}
+    patch_tensors(path, path, raw)
+    log.info("%d tensors keep the source's own bytes (already in their planned type)", len(raw))
+    return sorted(raw)
+
+
+def _raw_tensors(path: Path) -> dict:
+    from gguf import GGUFReader
+
+    return {t.name: t.data for t in GGUFReader(path).tensors}
+
+
+def _rows(data, rows: int) -> np.ndarray:
+    """The first ``rows`` rows of a tensor's data as gguf-py holds it (2-D: [rows, bytes or values])."""
+    a = np.asarray(data)
+    return a[:rows] if a.ndim >= 2 else a
+
+
+_KEEP_SCRIPT = """# 3. tensors already in the type the source stores them in keep the source's bytes
+#    (llama-quantize does the same for a tensor already in its target type); needs gguf-py
+python3 - {src} {final} <<'EOF'
+import sys
+from gguf import GGUFReader
+src, out = GGUFReader(sys.argv[1]), GGUFReader(sys.argv[2])
+mine = {{t.name: t for t in out.tensors}}
+with open(sys.argv[2], "r+b") as f:
+    for t in src.tensors:
+        o = mine.get(t.name)
+        if o is not None and o.tensor_type == t.tensor_type and o.n_bytes == t.n_bytes and list(o.shape) == list(t.shape):
+            f.seek(o.data_offset)
+            f.write(t.data.tobytes())
+EOF"""
+
+
 def quantization_script(source, inter: Path, final: Path, spec: QuantizeSpec, imatrix: Optional[Path],
-                        requant: list[str], out_type: str = "F16") -> str:
-    """A bash script reproducing ``final`` with llama.cpp's tools (``bash -n`` clean)."""
+                        requant: list[str], out_type: str = "F16", kept: bool = False) -> str:
+    """A bash script reproducing ``final`` with llama.cpp's tools (``bash -n`` clean); ``kept``:
+    the file has tensors that kept the quantized source's bytes (step 3, with gguf-py)."""
     inter, final = Path(inter).resolve(), Path(final).resolve()
     quant = llama_quantize_command(inter, final, spec.ftype, spec.tensor_types,
                                    imatrix_file=Path(imatrix).resolve() if imatrix else None)
@@ -214,6 +289,9 @@ def quantization_script(source, inter: Path, final: Path, spec: QuantizeSpec, im
     lines += _convert_step(source, inter, out_type, requant)
     lines += ["", f"# 2. quantize: default {spec.ftype}, {len(spec.tensor_types)} per-tensor override(s)"
               + (", importance matrix" if imatrix else ""), _line(quant, "LLAMA_QUANTIZE"), ""]
+    if kept:
+        lines += [_KEEP_SCRIPT.format(src=shlex.quote(str(Path(source.path).resolve())),
+                                      final=shlex.quote(str(final))), ""]
     return "\n".join(lines)
 
 

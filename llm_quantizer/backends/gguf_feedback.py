@@ -79,8 +79,9 @@ class FeedbackPass(Observer):
 
     def __init__(self, source, table: Mapping[str, tuple], imatrix: Optional[Mapping[str, np.ndarray]] = None,
                  percdamp: float = 0.01, intermediate_dtype=torch.float16, *, seq_len: int = 0,
-                 first_token_weight: float = 1.0, **encode_options):
+                 first_token_weight: float = 1.0, skip=(), **encode_options):
         self.source, self.table, self.imatrix = source, table, imatrix or {}
+        self.skip = set(skip)                    # GGUF names left as they are (kept source bytes)
         self.percdamp, self.inter_dtype = percdamp, intermediate_dtype
         self.seq_len, self.first_weight = seq_len, first_token_weight
         self.encode_options = encode_options     # feedback_encode's act_order, codes, refit
@@ -92,7 +93,7 @@ class FeedbackPass(Observer):
     def _target(self, ctx, path: str):
         """(gguf name, ggml type) when this linear is re-encoded, else None."""
         g = self.source.gguf_name(ctx.prefix + path + ".weight")
-        if g is None or g not in self.table:
+        if g is None or g not in self.table or g in self.skip:
             return None
         t, shape, _, _ = self.table[g]
         w = ctx.linears[path].weight
@@ -157,8 +158,10 @@ def patch_tensors(src_file, out_file, raw: Mapping[str, np.ndarray], table=None)
 def gptq_round_gguf(source, llama_file, out_file, input_ids: torch.Tensor,
                     imatrix: Optional[Mapping[str, np.ndarray]] = None, *, device: str = "auto",
                     batch_size: int = 4, percdamp: float = 0.01, progress: bool = True,
-                    first_token_weight: float = 1.0, **encode_options) -> dict:
-    """Re-encode ``llama_file``'s codec-typed layer tensors with error feedback into ``out_file``.
+                    first_token_weight: float = 1.0, skip=(), **encode_options) -> dict:
+    """Re-encode ``llama_file``'s codec-typed layer tensors with error feedback into ``out_file``;
+    ``skip``: GGUF names to leave alone (tensors that keep a quantized source's own bytes: their
+    weights are the source's exactly, so the layers after them see no error from them).
 
     Returns {"tensors": per-tensor stats, "kept": names left as llama.cpp wrote them, "seconds"}."""
     from ..engine import EngineOptions, LayerwiseEngine
@@ -166,11 +169,12 @@ def gptq_round_gguf(source, llama_file, out_file, input_ids: torch.Tensor,
     t0 = time.perf_counter()
     table = gguf_tensor_table(llama_file)
     fb = FeedbackPass(source, table, imatrix, percdamp, seq_len=int(input_ids.shape[1]),
-                      first_token_weight=first_token_weight, **encode_options)
+                      first_token_weight=first_token_weight, skip=skip, **encode_options)
     engine = LayerwiseEngine(source, EngineOptions(device=device, dtype=torch.float32, batch_size=batch_size,
                                                    progress=progress, run_head=False))
     engine.run(input_ids, [fb], transform=fb)
     patch_tensors(llama_file, out_file, fb.raw, table)
-    kept = sorted(n for n, (t, shape, _, _) in table.items() if n not in fb.raw and len(shape) == 2)
+    kept = sorted(n for n, (t, shape, _, _) in table.items()
+                  if n not in fb.raw and n not in fb.skip and len(shape) == 2)
     log.info("gptq rounding: %d tensors re-encoded, %d kept from llama.cpp", len(fb.raw), len(kept))
     return {"tensors": fb.stats, "kept": kept, "seconds": round(time.perf_counter() - t0, 2)}

@@ -13,7 +13,7 @@ from ..engine import EngineOptions, LayerwiseEngine
 from ..engine.observers.activations import ActivationStats
 from ..engine.observers.importance import ImportanceObserver
 from ..engine.observers.outliers import OutlierObserver
-from ..engine.observers.probes import ErrorProbe
+from ..engine.observers.probes import ErrorProbe, stored_types
 from ..engine.observers.transfer import ResidualTransfer
 from ..io import write_json
 from ..model.source import ModelSource
@@ -37,7 +37,7 @@ class MeasureResult:
 
 def run_measurements(source: ModelSource, input_ids: torch.Tensor, formats: list[str], metric: str = "lim",
                      device: str = "auto", batch_size: int = 4, progress: bool = True) -> MeasureResult:
-    stats, imp, out, probe = ActivationStats(), ImportanceObserver(), OutlierObserver(), ErrorProbe(formats)
+    stats, imp, out, probe = ActivationStats(), ImportanceObserver(), OutlierObserver(), ErrorProbe(formats, stored=stored_types(source))
     transfer = ResidualTransfer()
     eng = LayerwiseEngine(source, EngineOptions(device=device, batch_size=batch_size, progress=progress))
     eng.run(input_ids, [stats, imp, out, probe, transfer])

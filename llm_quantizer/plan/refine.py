@@ -58,13 +58,14 @@ def candidate_plans(measurements: dict, budget: Budget | str, constraints: Const
     return out
 
 
-def fake_quant_hook(plan: Plan, imatrix: dict[str, np.ndarray] | None = None):
+def fake_quant_hook(plan: Plan, imatrix: dict[str, np.ndarray] | None = None, stored: dict[str, str] | None = None):
     """A weight hook for ``LayerwiseEngine.run``: every parameter the plan quantizes is replaced
-    by its round trip through the planned format's quantizer (F32 stays as it is)."""
+    by its round trip through the planned format's quantizer (F32 stays as it is; so does a
+    tensor planned in the type it is ``stored`` in, see ``probes.fake_quant``)."""
     from ..engine.observers.probes import fake_quant
 
     planned = {t.name: t for t in plan.tensors if t.format != "F32"}
-    imatrix = imatrix or {}
+    imatrix, stored = imatrix or {}, stored or {}
 
     def hook(prefix: str, module: torch.nn.Module) -> None:
         for name, p in module.named_parameters():
@@ -73,7 +74,7 @@ def fake_quant_hook(plan: Plan, imatrix: dict[str, np.ndarray] | None = None):
                 continue
             imat = imatrix.get(t.gguf_name or "") if t.format not in FLOAT_TYPES else None
             with torch.no_grad():
-                p.data = fake_quant(p.data, t.format, imat).to(p.dtype)
+                p.data = fake_quant(p.data, t.format, imat, stored.get(prefix + name)).to(p.dtype)
 
     return hook
 
@@ -91,14 +92,16 @@ def score_plans(source, candidates: Sequence[Candidate], input_ids: torch.Tensor
     put in ``candidate.divergence`` (llama-perplexity's statistics, ``validate.metrics``)."""
     from ..engine import EngineOptions, LayerwiseEngine
     from ..engine.observers.divergence import Divergence
+    from ..engine.observers.probes import stored_types
 
     opts = EngineOptions(device=device, batch_size=batch_size, progress=False)
     cap = _softcap(source)
     ref = LayerwiseEngine(source, opts).run(input_ids, [Divergence(softcap=cap)])[0]
     base = ref.base_logprobs()
+    stored = stored_types(source)
     for c in candidates:
         obs = Divergence(base=base, softcap=cap)
-        LayerwiseEngine(source, opts).run(input_ids, [obs], weights=fake_quant_hook(c.plan, imatrix))
+        LayerwiseEngine(source, opts).run(input_ids, [obs], weights=fake_quant_hook(c.plan, imatrix, stored))
         c.divergence = obs.result()
         if log:
             log(f"[plan] refine {c.label}: mean KLD {c.divergence['kld_mean']:.4g}, "

@@ -137,3 +137,50 @@ def test_smollm2_q4_k_m_says_paris(tmp_path):
     text = llm("The capital of France is", max_tokens=8, temperature=0.0)["choices"][0]["text"]
     print(f"smollm2 q4_k_m: {art.nbytes} bytes, {text!r}")
     assert "Paris" in text
+
+
+@pytest.fixture(scope="module")
+def quantized_source(llama256, tmp_path_factory) -> Path:
+    """A quantized GGUF of the tiny llama (K-quants, Q5_0 and Q8_0 layer tensors) used as a source."""
+    d = tmp_path_factory.mktemp("qsrc")
+    plan = {f"blk.{i}.{k}.weight": t for i in range(2)
+            for k, t in {"attn_q": "Q4_K", "attn_k": "Q5_0", "attn_v": "Q6_K", "attn_output": "Q4_K",
+                         "ffn_gate": "Q3_K", "ffn_up": "Q8_0", "ffn_down": "Q5_K"}.items()}
+    return get_backend("gguf").quantize(llama256, plan, None, d, RunConfig()).path
+
+
+def _data(path) -> dict[str, tuple[str, bytes]]:
+    return {t.name: (t.tensor_type.name, t.data.tobytes()) for t in GGUFReader(path).tensors}
+
+
+def test_quantized_source_keeps_its_bytes_where_the_type_is_unchanged(quantized_source, tmp_path):
+    from llm_quantizer.engine.observers.probes import stored_types
+    from llm_quantizer.ggml import llama_quantize
+
+    src = open_source(quantized_source)
+    assert stored_types(src)["model.layers.0.self_attn.q_proj.weight"] == "Q4_K"
+    before = _data(quantized_source)
+    plan = {n: t for n, (t, _) in before.items() if n.startswith("blk.") and not n.endswith("norm.weight")}
+    plan.update({"blk.0.attn_q.weight": "Q8_0", "blk.1.ffn_up.weight": "Q4_K"})   # two change type
+    art = get_backend("gguf").quantize(src, plan, None, tmp_path / "out", RunConfig())
+    after = _data(art.path)
+    changed = {"blk.0.attn_q.weight", "blk.1.ffn_up.weight"}
+    assert after["blk.0.attn_q.weight"][0] == "Q8_0" and after["blk.1.ffn_up.weight"][0] == "Q4_K"
+    kept = {n for n in plan if n not in changed}
+    assert all(after[n] == before[n] for n in kept)
+    assert art.info["kept_source_tensors"] >= len(kept)
+    # what llama.cpp alone makes of the dequantized source: not the source's bytes everywhere
+    llama_only = tmp_path / "llama-only.gguf"
+    llama_quantize(Path(art.info["intermediate"]), llama_only, "Q4_K_M", tuple(
+        (f"^{n.replace('.', '[.]')}$", t) for n, t in plan.items()), None)
+    alone = _data(llama_only)
+    assert any(alone[n] != before[n] for n in kept)
+    # the script's step 3 (gguf-py) turns llama.cpp's file into ours
+    script = (tmp_path / "out" / "quantization_plan" / "quantization_command.sh").read_text()
+    step3 = script[script.index("# 3. tensors already"):]
+    expected = art.path.read_bytes()
+    art.path.write_bytes(llama_only.read_bytes())
+    res = subprocess.run(["bash", "-c", f"set -euo pipefail\n{step3}"], capture_output=True, text=True,
+                         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert res.returncode == 0, res.stderr
+    assert art.path.read_bytes() == expected

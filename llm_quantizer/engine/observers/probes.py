@@ -18,8 +18,24 @@ def weighted_error(dw: torch.Tensor, h: torch.Tensor) -> float:
     return float((dw.pow(2) * h).sum())
 
 
-def fake_quant(w: torch.Tensor, fmt: str, imatrix: np.ndarray | None) -> torch.Tensor:
-    """``w`` [out, in] through the real quantizer of ``fmt`` and back."""
+def written_type(fmt: str, shape: tuple) -> str | None:
+    """The storage type a GGUF file gets for ``fmt`` on ``shape`` (llama.cpp's fallbacks applied);
+    None for formats that are not GGUF or float types, or that cannot store ``shape``."""
+    if fmt in F.FLOAT_TYPES:
+        return fmt
+    if F.get_format(fmt).family != "gguf" or not F.gguf_supports(fmt, shape):
+        return None
+    return F.gguf_effective_type(fmt, shape)
+
+
+def fake_quant(w: torch.Tensor, fmt: str, imatrix: np.ndarray | None, stored: str | None = None) -> torch.Tensor:
+    """``w`` [out, in] through the real quantizer of ``fmt`` and back.
+
+    ``stored``: the ggml type this tensor already has in a quantized GGUF source (``w`` is its
+    dequantization). A format written as that same type keeps the stored bytes (the gguf backend
+    copies them, as llama-quantize does for a tensor already in its target type): exact."""
+    if stored is not None and written_type(fmt, tuple(w.shape)) == stored:
+        return w.float()
     if fmt in F.FLOAT_TYPES:
         return w.to({"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[fmt]).float()
     f = F.get_format(fmt)
@@ -34,11 +50,12 @@ def fake_quant(w: torch.Tensor, fmt: str, imatrix: np.ndarray | None) -> torch.T
 
 
 def probe_tensor(w: torch.Tensor, h: torch.Tensor, formats: list[str], imatrix: np.ndarray | None,
-                 max_numel: int = 1 << 20) -> dict:
+                 max_numel: int = 1 << 20, stored: str | None = None) -> dict:
     """format -> {"error": ..., "effective": type actually written} for one weight.
 
     Every format quantizes rows independently, so for a huge weight (embeddings, lm_head) the
-    error is summed over evenly spaced rows and scaled up: an unbiased estimate."""
+    error is summed over evenly spaced rows and scaled up: an unbiased estimate. ``stored``: the
+    tensor's type in a quantized GGUF source; the format written as that type has error 0."""
     scale = 1.0
     if w.numel() > max_numel:
         rows = max(1, max_numel // w.shape[1])
@@ -52,8 +69,10 @@ def probe_tensor(w: torch.Tensor, h: torch.Tensor, formats: list[str], imatrix: 
             effective[fmt] = eff
     wf = w.float()
     uniq = list(dict.fromkeys(effective.values()))
+    kept = [eff for eff in uniq if eff == stored]
+    uniq = [eff for eff in uniq if eff != stored]
     errors = weighted_errors((wf - fake_quant(w, eff, imatrix) for eff in uniq), h)
-    cache = {eff: scale * e for eff, e in zip(uniq, errors)}
+    cache = {eff: scale * e for eff, e in zip(uniq, errors)} | {eff: 0.0 for eff in kept}
     for fmt, eff in effective.items():
         out[fmt] = {"error": cache[eff], "effective": eff}
     return out
@@ -96,14 +115,24 @@ def weighted_errors(dws, h: torch.Tensor, max_numel: int = 1 << 21) -> list[floa
     return out
 
 
+def stored_types(source) -> dict[str, str]:
+    """HF weight name -> ggml type of every quantized tensor of a GGUF source ({} otherwise): the
+    tensors whose stored bytes a plan can keep exactly."""
+    if getattr(source, "kind", None) != "gguf":
+        return {}
+    return {n: t.dtype for n, t in source.tensors.items() if t.dtype not in F.FLOAT_TYPES}
+
+
 @register_observer
 class ErrorProbe(Observer):
     name = "probes"
 
-    def __init__(self, formats: list[str], only: set[str] | None = None):
-        """``only``: HF weight names to probe (default: every linear and the head)."""
+    def __init__(self, formats: list[str], only: set[str] | None = None, stored: dict[str, str] | None = None):
+        """``only``: HF weight names to probe (default: every linear and the head). ``stored``: HF
+        weight name -> its ggml type in a quantized GGUF source (``stored_types``)."""
         self.formats = formats
         self.only = None if only is None else set(only)
+        self.stored = stored or {}
         self.tensors: dict[str, dict] = {}
 
     def layer_end(self, ctx):
@@ -114,7 +143,8 @@ class ErrorProbe(Observer):
                 continue
             s = stats[path]
             imat = (s.sum_sq / max(s.count, 1)).float().cpu().numpy()
-            self.tensors[name] = probe_tensor(lin.weight.detach(), s.hessian(), self.formats, imat)
+            self.tensors[name] = probe_tensor(lin.weight.detach(), s.hessian(), self.formats, imat,
+                                              stored=self.stored.get(name))
 
     def finish(self, final):
         s = final.state.get("head_stats")
@@ -123,7 +153,7 @@ class ErrorProbe(Observer):
             return
         w = final.lm_head.weight.detach()
         imat = (s.sum_sq / max(s.count, 1)).float().cpu().numpy()
-        self.tensors[name] = probe_tensor(w, s.hessian(), self.formats, imat)
+        self.tensors[name] = probe_tensor(w, s.hessian(), self.formats, imat, stored=self.stored.get(name))
 
     def result(self) -> dict:
         return {"formats": self.formats, "tensors": self.tensors}
