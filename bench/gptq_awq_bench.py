@@ -215,6 +215,21 @@ def _count(schemes):
     return out
 
 
+def _earlier_rows(path, meta: dict, rerun: list[str]) -> list[dict]:
+    """Rows of an earlier run in ``path`` with the same model, calibration, eval and group size,
+    except the original's and those of methods run again (``rerun``: method-name prefixes)."""
+    import json
+
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    if any(old.get(k) != meta[k] for k in ("model", "calibration", "eval", "group_size")):
+        return []
+    return [dict(r, from_earlier_run=True) for r in old.get("rows", [])[1:]
+            if not any(f"{r['method']} ".startswith(p) for p in rerun) and "error" not in r]
+
+
 def _device_name(device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
@@ -256,6 +271,11 @@ def main(argv=None) -> int:
             "group_size": args.group_size, "mixed_formats": mixed_formats(args.group_size),
             "command": "python bench/gptq_awq_bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "rows": rows}
+
+    kept = _earlier_rows(args.out, meta, [f"{n} " for n in args.methods.split(",")])
+    if kept:
+        print(f"keeping {len(kept)} rows of the same setting from {args.out}", flush=True)
+        rows.extend(kept)
 
     def save():
         write_json(args.out, {**meta, "device": _device_name(device), "loadavg_start": load0,

@@ -2,7 +2,9 @@
 
 For each model: one calibration (wiki_en_calib.txt) and one measure pass give the importance
 matrix and the per-format errors; each llama.cpp preset (Q2_K ... Q6_K, IQ4_XS) is made by
-llama.cpp with that imatrix; our plan gets the preset's exact file size as its byte budget and is
+llama.cpp with that imatrix from the F16 GGUF of the dequantized source (and, with
+``--llamacpp-from-source``, also from the source GGUF itself, as ``llama-quantize
+--allow-requantize`` would be run on it); our plan gets the preset's exact file size as its byte budget and is
 written with the same imatrix (and, with ``--rounding gptq``, our error-feedback encoders too,
 when the build has them). All files are scored against the original on wiki_en_eval.txt with one
 stored base: KLD mean / p99, same-top %, ppl. Prints a table, writes JSON + a KLD-vs-bpw plot.
@@ -51,6 +53,21 @@ def make_preset(src, work: Path, preset: str) -> Path:
     return final
 
 
+def make_preset_from_source(src, work: Path, preset: str) -> Path:
+    """The preset made by llama.cpp from the quantized source GGUF itself (``--allow-requantize``):
+    llama-quantize copies every tensor that is already in its target type and re-quantizes the
+    others from their dequantization (F32 inside llama.cpp)."""
+    from llm_quantizer.backends.gguf import model_name
+    from llm_quantizer.ggml import llama_quantize
+
+    final = work / "presets_from_source" / f"{model_name(src)}-{preset.lower()}.gguf"
+    if not final.exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        llama_quantize(src.path, final, preset, (), work / "importance_analysis" / "imatrix.gguf",
+                       allow_requantize=True)
+    return final
+
+
 def variant_key(rounding: str, error_model: str) -> str:
     """Row key of one of our variants: ours_<rounding>_<error model>."""
     return f"ours_{rounding}_{error_model}"
@@ -92,6 +109,10 @@ def bench_model(model: str, args) -> list[dict]:
     for preset in args.presets:
         p = make_preset(src, work, preset)
         row = {"model": model, "preset": preset, "llama_file": str(p), "llama_bytes": p.stat().st_size}
+        if args.llamacpp_from_source and src.kind == "gguf":
+            ps = make_preset_from_source(src, work, preset)
+            row["llama_from_source_file"] = str(ps)
+            arts.append(ps)
         for rounding, em in variants(args):
             # presets of one file size (K-quant fallbacks: Q2_K and Q3_K_S on SmolLM2) share our plan
             k = (p.stat().st_size, rounding, em)
@@ -109,6 +130,8 @@ def bench_model(model: str, args) -> list[dict]:
     by_path, orig, ev = score_files(src, arts, work, args)
     for row in rows:
         row["llama"] = _scores(by_path[row["llama_file"]])
+        if "llama_from_source_file" in row:
+            row["llama_from_source"] = _scores(by_path[row["llama_from_source_file"]])
         for rounding, em in variants(args):
             o = row[variant_key(rounding, em)]
             if o.get("file"):
@@ -160,6 +183,9 @@ def _scores(a: dict) -> dict:
 
 def table(rows: list[dict], keys) -> str:
     head = ["model", "preset", "bpw", "llama KLD", "p99", "top%", "ppl"]
+    src_col = any("llama_from_source" in r for r in rows)
+    if src_col:
+        head += ["llama(src GGUF) KLD", "ppl"]
     for r in keys:
         head += [f"{r} bpw", "KLD", "p99", "top%", "ppl", "dKLD%"]
     lines = [head]
@@ -167,6 +193,9 @@ def table(rows: list[dict], keys) -> str:
         L = row["llama"]
         line = [row["model"], row["preset"], f"{L['bits_per_weight']:.3f}", f"{L['kld_mean']:.4f}",
                 f"{L['kld_p99']:.3f}", f"{L['same_top_pct']:.1f}", f"{L['ppl']:.3f}"]
+        if src_col:
+            S = row.get("llama_from_source", {})
+            line += [f"{S['kld_mean']:.4f}", f"{S['ppl']:.3f}"] if S else ["-", "-"]
         for r in keys:
             o = row.get(r, {})
             if "kld_mean" in o:
@@ -216,6 +245,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--eval-tokens", type=int, default=8192)
+    ap.add_argument("--llamacpp-from-source", action="store_true",
+                    help="also llama.cpp's preset made from the quantized source GGUF itself (--allow-requantize)")
     ap.add_argument("--work", default="/tmp/presets_bench")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "presets_bench.json"))
     args = ap.parse_args()
