@@ -210,25 +210,24 @@ def same_type_tensors(source, path: Path) -> list[str]:
     """GGUF names of the tensors of ``path`` that have the ggml type and shape they have in the
     (GGUF) ``source``, checked on their first rows: their dequantizations must agree to within
     one quantization step, so that a name or row-order mismatch is never papered over."""
+    from gguf import GGUFReader
     from gguf.quants import dequantize
-
-    from .gguf_feedback import gguf_tensor_table
 
     if getattr(source, "kind", None) != "gguf":
         return []
-    ours = gguf_tensor_table(path)
-    data = _raw_tensors(path)
+    ours = {t.name: t for t in GGUFReader(path).tensors}
     out = []
     for t in source.reader.tensors:
-        got = ours.get(t.name)
-        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
-        if got is None or got[0] != t.tensor_type.name or got[1] != shape or got[3] != int(t.n_bytes):
+        o = ours.get(t.name)
+        if (o is None or o.tensor_type != t.tensor_type or o.shape.tolist() != t.shape.tolist()
+                or int(o.n_bytes) != int(t.n_bytes)):
             continue
-        rows = min(8, shape[0]) if len(shape) == 2 else 1
+        rows = min(8, int(t.shape[1])) if len(t.shape) == 2 else 1
         a = dequantize(_rows(t.data, rows), t.tensor_type).astype(np.float64).ravel()
-        b = dequantize(_rows(data[t.name], rows), t.tensor_type).astype(np.float64).ravel()
+        b = dequantize(_rows(o.data, rows), t.tensor_type).astype(np.float64).ravel()
         if np.sqrt(np.mean((a - b) ** 2)) > 0.25 * np.sqrt(np.mean(a ** 2)) + 1e-12:
-            log.warning("%s: same type %s as the source but different values; not kept", t.name, got[0])
+            log.warning("%s: same type %s as the source but different values; not kept", t.name,
+                        t.tensor_type.name)
             continue
         out.append(t.name)
     return out
@@ -243,12 +242,6 @@ def keep_source_tensors(source, path: Path, names) -> list[str]:
     patch_tensors(path, path, raw)
     log.info("%d tensors keep the source's own bytes (already in their planned type)", len(raw))
     return sorted(raw)
-
-
-def _raw_tensors(path: Path) -> dict:
-    from gguf import GGUFReader
-
-    return {t.name: t.data for t in GGUFReader(path).tensors}
 
 
 def _rows(data, rows: int) -> np.ndarray:
