@@ -18,7 +18,8 @@ load in transformers >= 5.23). ``mixed``: our measurements with the residual err
 linear's output error x its measured transfer to the per-token relative residual error) ->
 knapsack over int3/int4 g32/g64, int8 g64, BF16 at the uniform int4 plan's byte size, quantized
 with GPTQ (act_order); ``mixed-local``: the same with the earlier error model (output error x
-layer importance), ``mixed-awq``: the residual plan quantized with AWQ.
+layer importance), ``mixed-awq``: the residual plan quantized with AWQ; ``mixed-gp`` /
+``mixed-gp-local``: the probes round int formats with GPTQ (``run_measurements(rounding="gptq")``).
 
 Run: python bench/gptq_awq_bench.py [--samples 128] [--device auto] [--methods rtn,gptq,awq,mixed]
 Writes bench/results/gptq_awq_bench.json.
@@ -122,18 +123,20 @@ def peak_mem(device) -> float:
 _MEAS: dict = {}
 
 
-def mixed_plan(source, ids, device, group: int, error_model: str = "residual"):
+def mixed_plan(source, ids, device, group: int, error_model: str = "residual", rounding: str = "nearest"):
     """Knapsack plan over MIXED_FORMATS at the byte size of the uniform int4 plan (every linear
-    int4: no super-weight floor there, so its size is the uniform checkpoint's). Measured once."""
+    int4: no super-weight floor there, so its size is the uniform checkpoint's). Measured once per
+    probe rounding (``rounding="gptq"``: the probes round int formats with GPTQ)."""
     from llm_quantizer.measure import run_measurements
     from llm_quantizer.plan import Constraints, make_plan
 
     formats = mixed_formats(group)
-    if "meas" not in _MEAS:
+    if rounding not in _MEAS:
         t0 = time.perf_counter()
-        _MEAS["meas"] = run_measurements(source, ids, formats, device=str(device), progress=False).measurements
-        _MEAS["seconds"] = round(time.perf_counter() - t0, 1)
-    meas = _MEAS["meas"]
+        _MEAS[rounding] = run_measurements(source, ids, formats, device=str(device), progress=False,
+                                           rounding=rounding).measurements
+        _MEAS[rounding + "_seconds"] = round(time.perf_counter() - t0, 1)
+    meas = _MEAS[rounding]
     uniform = make_plan(meas, "1", [f"int4_g{group}"], Constraints(super_weight_min_bits=None))
     plan = make_plan(meas, f"{uniform.totals.bytes}B", formats, Constraints(error_model=error_model))
     return plan, uniform.totals.bytes
@@ -147,6 +150,7 @@ def variant(name: str):
     return {"rtn": ("rtn", None), "gptq": ("gptq", act), "gptq-noact": ("gptq", noact),
             "gptq-ts": ("gptq", GPTQOptions(act_order=True, true_sequential=True)),
             "awq": ("awq", AWQOptions()), "mixed": ("gptq", act), "mixed-local": ("gptq", act),
+            "mixed-gp": ("gptq", act), "mixed-gp-local": ("gptq", act),
             "mixed-awq": ("awq", AWQOptions()), "mixed-rtn": ("rtn", None), "mixed-local-rtn": ("rtn", None)}[name]
 
 
@@ -290,8 +294,10 @@ def main(argv=None) -> int:
                 plan = None
                 if mixed:
                     em = "local" if "local" in name else "residual"
-                    plan, budget = mixed_plan(source, ids, device, args.group_size, em)
-                    row.update(budget_bytes=budget, error_model=em, measure_seconds=_MEAS["seconds"])
+                    rounding = "gptq" if name.startswith("mixed-gp") else "nearest"
+                    plan, budget = mixed_plan(source, ids, device, args.group_size, em, rounding)
+                    row.update(budget_bytes=budget, error_model=em, probe_rounding=rounding,
+                               measure_seconds=_MEAS[rounding + "_seconds"])
                 if name == "gptqmodel":
                     row["method"] = f"gptqmodel 4-bit g{args.group_size} sym"
                     rows.append(run_gptqmodel(args, source, windows, Path(tmp), row, base))

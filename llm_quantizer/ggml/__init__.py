@@ -3,6 +3,7 @@
 - ``quantize``: one tensor to any ggml type and back, and the per-format error probe.
 - ``imatrix``: importance matrices in llama-imatrix's GGUF layout.
 - ``llama_quantize``: a whole GGUF through ``llama_model_quantize``, and its CLI equivalent.
+- ``runtime``: the activation rounding of llama.cpp's CPU matmuls (torch; no library needed).
 """
 from .imatrix import imatrix_means, load_imatrix_means, read_imatrix, read_imatrix_metadata, write_imatrix
 from .lib import block_size, ggml_type, requires_imatrix, row_size, type_size

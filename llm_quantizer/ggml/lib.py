@@ -36,6 +36,21 @@ class TypeTraits(ctypes.Structure):
     ]
 
 
+class CPUTypeTraits(ctypes.Structure):
+    """``struct ggml_type_traits_cpu`` (ggml-cpu.h)."""
+
+    _fields_ = [
+        ("from_float", ctypes.c_void_p),
+        ("vec_dot", ctypes.c_void_p),
+        ("vec_dot_type", ctypes.c_int),
+        ("nrows", ctypes.c_int64),
+    ]
+
+
+# ggml_from_float_t: void (*)(const float * x, void * y, int64_t k)
+FROM_FLOAT = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_float), ctypes.c_void_p, ctypes.c_int64)
+
+
 def lib_dir() -> Path:
     """Folder holding libggml*: ``$LLAMA_CPP_LIB_PATH`` (as llama_cpp honours it) or llama_cpp/lib."""
     override = os.environ.get("LLAMA_CPP_LIB_PATH")
@@ -114,6 +129,33 @@ def row_size(qtype, n_per_row: int) -> int:
 
 def requires_imatrix(qtype) -> bool:
     return bool(ggml().ggml_quantize_requires_imatrix(int(ggml_type(qtype))))
+
+
+@functools.lru_cache(maxsize=1)
+def ggml_cpu() -> ctypes.CDLL:
+    """libggml-cpu (the CPU backend: its type traits and native row quantizers)."""
+    ggml()
+    path = _lib_file(lib_dir(), "ggml-cpu")
+    try:
+        lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        fn = lib.ggml_get_type_traits_cpu
+    except (OSError, AttributeError) as e:
+        raise BackendError(f"cannot load {path}: {e}") from None
+    fn.restype, fn.argtypes = ctypes.POINTER(CPUTypeTraits), [ctypes.c_int]
+    return lib
+
+
+def vec_dot_type(qtype) -> GGMLQuantizationType:
+    """The type ggml's CPU matmul converts the activations to for a ``qtype`` weight."""
+    return GGMLQuantizationType(ggml_cpu().ggml_get_type_traits_cpu(int(ggml_type(qtype))).contents.vec_dot_type)
+
+
+def cpu_from_float_fn(qtype):
+    """ggml-cpu's (native, SIMD) row quantizer to ``qtype`` as a callable, or None."""
+    traits = ggml_cpu().ggml_get_type_traits_cpu(int(ggml_type(qtype)))
+    if not traits or not traits.contents.from_float:
+        return None
+    return FROM_FLOAT(traits.contents.from_float)
 
 
 def to_float_fn(qtype):

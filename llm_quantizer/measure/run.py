@@ -15,6 +15,7 @@ from ..engine.observers.importance import ImportanceObserver
 from ..engine.observers.outliers import OutlierObserver
 from ..engine.observers.probes import ErrorProbe, stored_types
 from ..engine.observers.transfer import ResidualTransfer
+from ..formats import FLOAT_TYPES, get_format
 from ..io import write_json
 from ..model.source import ModelSource
 
@@ -36,8 +37,14 @@ class MeasureResult:
 
 
 def run_measurements(source: ModelSource, input_ids: torch.Tensor, formats: list[str], metric: str = "lim",
-                     device: str = "auto", batch_size: int = 4, progress: bool = True) -> MeasureResult:
-    stats, imp, out, probe = ActivationStats(), ImportanceObserver(), OutlierObserver(), ErrorProbe(formats, stored=stored_types(source))
+                     device: str = "auto", batch_size: int = 4, progress: bool = True,
+                     rounding: str = "nearest") -> MeasureResult:
+    """``rounding``: how the error probes round int formats, "nearest" or "gptq" (what the gptq
+    backend will do; see ``engine.observers.probes``). GGUF formats among ``formats``: each also
+    pays the error of llama.cpp's runtime rounding of its input (``ggml.runtime``)."""
+    runtime = any(f not in FLOAT_TYPES and get_format(f).family == "gguf" for f in formats)
+    stats, imp, out = ActivationStats(runtime=runtime), ImportanceObserver(), OutlierObserver()
+    probe = ErrorProbe(formats, stored=stored_types(source), rounding=rounding, runtime=runtime)
     transfer = ResidualTransfer()
     eng = LayerwiseEngine(source, EngineOptions(device=device, batch_size=batch_size, progress=progress))
     eng.run(input_ids, [stats, imp, out, probe, transfer])
@@ -77,6 +84,8 @@ def build_measurements(source: ModelSource, probes: dict, importance: dict, metr
             "super_weight": info.name in super_tensors,
             "transfer": transfer.get(info.name),
             "errors": {f: p["error"] for f, p in probe.items()},
+            **({"runtime_errors": {f: p["runtime"] for f, p in probe.items() if "runtime" in p}}
+               if any("runtime" in p for p in probe.values()) else {}),
             "effective": {f: p["effective"] for f, p in probe.items() if p["effective"] != f},
         })
     total_params = sum(t["numel"] for t in tensors)
@@ -93,6 +102,10 @@ def build_measurements(source: ModelSource, probes: dict, importance: dict, metr
         "calibration": {"tokens": tokens},
         "metric": metric, "formats": probes["formats"],
         "error_definition": "tr(dW H dW^T) / tokens, H = sum x x^T of the linear's calibration inputs",
+        "probe_rounding": probes.get("rounding", "nearest"),
+        **({"runtime_error_definition": "GGUF formats include E||W dx||^2 / token, dx = llama.cpp CPU's rounding "
+                                        "of the linear's input to the weight type's vec_dot_type (Q8_0/Q8_K/F16/BF16)"}
+           if probes.get("runtime") else {}),
         "transfer_definition": "per-token relative residual error of the decoder layer / the linear's own "
                                "output error, both with 4-bit g32 RTN (errors * transfer: residual error)",
         "super_weights": importance["super_weights"],

@@ -1,9 +1,12 @@
 """Per-linear input statistics: the Hessian proxy H = sum x x^T (full when small enough) and
-its diagonal, the sum of squared inputs per channel that llama.cpp calls the importance matrix."""
+its diagonal, the sum of squared inputs per channel that llama.cpp calls the importance matrix;
+optionally, per channel, the squared error of llama.cpp's runtime rounding of the input
+(``ggml.runtime``: Q8_0 / Q8_K / F16 / BF16)."""
 from __future__ import annotations
 
 import torch
 
+from ...ggml.runtime import ACTIVATION_TYPES, squared_error_sums
 from ...quant.gram import add_upper_gram, mirror_upper_blocks
 from .base import LayerContext, Observer, register_observer
 
@@ -11,8 +14,10 @@ from .base import LayerContext, Observer, register_observer
 class InputStats:
     """Running sums over the rows x [tokens, in] fed to one linear."""
 
-    def __init__(self, n_in: int, full: bool, device):
+    def __init__(self, n_in: int, full: bool, device, runtime_types=()):
         self.sum_sq = torch.zeros(n_in, dtype=torch.float64, device=device)
+        self.runtime_types = tuple(runtime_types)
+        self.runtime_sq: dict[str, torch.Tensor] = {}     # activation type -> sum (x - round(x))^2 [in]
         self.h = torch.zeros(n_in, n_in, dtype=torch.float32, device=device) if full else None
         self.count = 0
         self._mean = False    # self.h holds the symmetric mean (hessian() was called): no more adds
@@ -24,7 +29,15 @@ class InputStats:
             add_upper_gram(self.h, x)
         x = x.float()
         self.sum_sq += x.pow(2).sum(0).double()   # float32 within a batch: exact to ~1e-7, 10x cheaper
+        if self.runtime_types:
+            for t, v in squared_error_sums(x, self.runtime_types).items():
+                self.runtime_sq[t] = self.runtime_sq[t] + v if t in self.runtime_sq else v
         self.count += x.shape[0]
+
+    def runtime_mean_sq(self) -> dict[str, torch.Tensor]:
+        """Activation type -> mean squared rounding error per input channel [in]."""
+        n = max(self.count, 1)
+        return {t: v / n for t, v in self.runtime_sq.items()}
 
     def hessian(self) -> torch.Tensor:
         """Mean second moment E[x x^T] (full) or its diagonal (1-D).
@@ -62,8 +75,11 @@ class ActivationStats(Observer):
     name = "activations"
     wants_linear_io = True
 
-    def __init__(self, max_full: int = 8192):
+    def __init__(self, max_full: int = 8192, runtime: bool = False):
+        """``runtime``: also sum the squared error of llama.cpp's CPU activation rounding per input
+        channel (``InputStats.runtime_mean_sq``; the GGUF error probes add it to each format)."""
         self.max_full = max_full
+        self.runtime_types = ACTIVATION_TYPES if runtime else ()
         self.imatrix: dict[str, tuple[torch.Tensor, int]] = {}
         self._stats: dict[str, InputStats] = {}
         self._shared: dict[str, str] = {}
@@ -75,7 +91,7 @@ class ActivationStats(Observer):
         if path in self._shared:
             return
         if path not in self._stats:
-            self._stats[path] = InputStats(x.shape[1], x.shape[1] <= self.max_full, x.device)
+            self._stats[path] = InputStats(x.shape[1], x.shape[1] <= self.max_full, x.device, self.runtime_types)
         self._stats[path].add(x)
 
     def layer_end(self, ctx):
@@ -89,7 +105,8 @@ class ActivationStats(Observer):
         head = final.lm_head
         if head is None:
             return
-        s = InputStats(final.hidden[0].shape[-1], final.hidden[0].shape[-1] <= self.max_full, final.hidden[0].device)
+        n = final.hidden[0].shape[-1]
+        s = InputStats(n, n <= self.max_full, final.hidden[0].device, self.runtime_types)
         for h in final.hidden:
             s.add(h.reshape(-1, h.shape[-1]))
         final.state["head_stats"] = s

@@ -1,6 +1,11 @@
 """Per-tensor error probes: for each candidate format, the predicted output error
 tr(dW H dW^T) / tokens, with dW from the format's real quantizer and H from the same
-activations (``ActivationStats`` must run before this observer)."""
+activations (``ActivationStats`` must run before this observer).
+
+``rounding="gptq"``: int formats are rounded by GPTQ with the linear's own H (act-order, static
+groups: what the gptq backend writes) instead of to nearest. GPTQ shrinks the error of each
+format by a different factor (more at 3 bits than at 8, more where H is far from diagonal), so a
+plan for the gptq backend made from round-to-nearest errors trades the wrong tensors."""
 from __future__ import annotations
 
 import numpy as np
@@ -49,13 +54,30 @@ def fake_quant(w: torch.Tensor, fmt: str, imatrix: np.ndarray | None, stored: st
                                               scale_dtype="bfloat16")).float()
 
 
+def gptq_fake_quant(w: torch.Tensor, fmt: str, factor) -> torch.Tensor:
+    """``w`` through GPTQ for the int format ``fmt`` with a ``factor_hessian`` of its H (act-order,
+    static groups, bf16 scales: the gptq backend's defaults) and back."""
+    from ...quant.gptq import gptq_quantize
+    from ...quant.rtn import QuantArgs
+
+    f = F.get_format(fmt)
+    args = QuantArgs(bits=f.bits, group_size=f.group_size, symmetric=f.symmetric, scale_dtype="bfloat16")
+    return gptq_quantize(w, None, args, static_groups=factor.perm is not None, factor=factor).qweight_fake.float()
+
+
 def probe_tensor(w: torch.Tensor, h: torch.Tensor, formats: list[str], imatrix: np.ndarray | None,
-                 max_numel: int = 1 << 20, stored: str | None = None) -> dict:
+                 max_numel: int = 1 << 20, stored: str | None = None, rounding: str = "nearest",
+                 percdamp: float = 0.01, runtime: dict | None = None) -> dict:
     """format -> {"error": ..., "effective": type actually written} for one weight.
 
     Every format quantizes rows independently, so for a huge weight (embeddings, lm_head) the
     error is summed over evenly spaced rows and scaled up: an unbiased estimate. ``stored``: the
-    tensor's type in a quantized GGUF source; the format written as that type has error 0."""
+    tensor's type in a quantized GGUF source; the format written as that type has error 0.
+    ``rounding="gptq"`` (with a full H): int formats are rounded by GPTQ (``gptq_fake_quant``).
+    ``runtime``: activation type -> mean squared rounding error per input channel
+    (``InputStats.runtime_mean_sq``); each GGUF / float format then also pays the error of
+    llama.cpp rounding this weight's input to its ``vec_dot_type`` (``ggml.runtime``), also
+    reported apart as "runtime"."""
     scale = 1.0
     if w.numel() > max_numel:
         rows = max(1, max_numel // w.shape[1])
@@ -71,10 +93,32 @@ def probe_tensor(w: torch.Tensor, h: torch.Tensor, formats: list[str], imatrix: 
     uniq = list(dict.fromkeys(effective.values()))
     kept = [eff for eff in uniq if eff == stored]
     uniq = [eff for eff in uniq if eff != stored]
-    errors = weighted_errors((wf - fake_quant(w, eff, imatrix) for eff in uniq), h)
+    gptq = rounding == "gptq" and h.dim() == 2
+    factor = None
+    if gptq and any(F.get_format(e).family == "int" for e in uniq):
+        from ...quant.gptq import factor_hessian
+
+        factor = factor_hessian(h, percdamp, act_order=True)
+
+    def quantized(eff):
+        if factor is not None and F.get_format(eff).family == "int":
+            return gptq_fake_quant(w, eff, factor)
+        return fake_quant(w, eff, imatrix)
+
+    errors = weighted_errors((wf - quantized(eff) for eff in uniq), h)
     cache = {eff: scale * e for eff, e in zip(uniq, errors)} | {eff: 0.0 for eff in kept}
+    rt = {}
+    if runtime is not None:
+        from ...ggml.runtime import activation_type, runtime_error
+
+        for eff in dict.fromkeys(effective.values()):
+            if eff in F.FLOAT_TYPES or F.get_format(eff).family == "gguf":
+                act = activation_type(eff)
+                rt[eff] = scale * runtime_error(wf, runtime[act]) if act in runtime else 0.0
     for fmt, eff in effective.items():
-        out[fmt] = {"error": cache[eff], "effective": eff}
+        out[fmt] = {"error": cache[eff] + rt.get(eff, 0.0), "effective": eff}
+        if eff in rt:
+            out[fmt]["runtime"] = rt[eff]
     return out
 
 
@@ -127,10 +171,18 @@ def stored_types(source) -> dict[str, str]:
 class ErrorProbe(Observer):
     name = "probes"
 
-    def __init__(self, formats: list[str], only: set[str] | None = None, stored: dict[str, str] | None = None):
+    def __init__(self, formats: list[str], only: set[str] | None = None, stored: dict[str, str] | None = None,
+                 rounding: str = "nearest", runtime: bool = False):
         """``only``: HF weight names to probe (default: every linear and the head). ``stored``: HF
-        weight name -> its ggml type in a quantized GGUF source (``stored_types``)."""
+        weight name -> its ggml type in a quantized GGUF source (``stored_types``). ``rounding``:
+        "nearest" or "gptq" (int formats of the decoder linears rounded by GPTQ). ``runtime``: add
+        llama.cpp's activation rounding error to each GGUF / float format (``ActivationStats``
+        must run with ``runtime=True``)."""
+        if rounding not in ("nearest", "gptq"):
+            raise ValueError(f"probe rounding must be 'nearest' or 'gptq', not {rounding!r}")
         self.formats = formats
+        self.rounding = rounding
+        self.runtime = runtime
         self.only = None if only is None else set(only)
         self.stored = stored or {}
         self.tensors: dict[str, dict] = {}
@@ -144,7 +196,8 @@ class ErrorProbe(Observer):
             s = stats[path]
             imat = (s.sum_sq / max(s.count, 1)).float().cpu().numpy()
             self.tensors[name] = probe_tensor(lin.weight.detach(), s.hessian(), self.formats, imat,
-                                              stored=self.stored.get(name))
+                                              stored=self.stored.get(name), rounding=self.rounding,
+                                              runtime=s.runtime_mean_sq() if self.runtime else None)
 
     def finish(self, final):
         s = final.state.get("head_stats")
@@ -153,7 +206,8 @@ class ErrorProbe(Observer):
             return
         w = final.lm_head.weight.detach()
         imat = (s.sum_sq / max(s.count, 1)).float().cpu().numpy()
-        self.tensors[name] = probe_tensor(w, s.hessian(), self.formats, imat, stored=self.stored.get(name))
+        self.tensors[name] = probe_tensor(w, s.hessian(), self.formats, imat, stored=self.stored.get(name),
+                                          runtime=s.runtime_mean_sq() if self.runtime else None)
 
     def result(self) -> dict:
-        return {"formats": self.formats, "tensors": self.tensors}
+        return {"formats": self.formats, "rounding": self.rounding, "runtime": self.runtime, "tensors": self.tensors}
