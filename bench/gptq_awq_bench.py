@@ -137,9 +137,9 @@ def mixed_plan(source, ids, device, group: int, error_model: str = "residual", r
                                            rounding=rounding).measurements
         _MEAS[rounding + "_seconds"] = round(time.perf_counter() - t0, 1)
     meas = _MEAS[rounding]
-    uniform = make_plan(meas, "1", [f"int4_g{group}"], Constraints(super_weight_min_bits=None))
+    uniform = make_plan(meas, "1", [f"int4_g{group}"], Constraints(super_weight_min_bits=None, error_model=error_model))
     plan = make_plan(meas, f"{uniform.totals.bytes}B", formats, Constraints(error_model=error_model))
-    return plan, uniform.totals.bytes
+    return plan, uniform.totals.bytes, uniform.totals.predicted_error
 
 
 def variant(name: str):
@@ -255,7 +255,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="default bench/results/gptq_awq_bench[_MODEL_gGROUP].json")
     args = ap.parse_args(argv)
     if args.out is None:
-        suffix = "" if (args.model, args.group_size) == ("smollm2-135m", 64) else f"_{args.model}_g{args.group_size}"
+        # the bare name holds the H100 smollm2 g64 run; a CPU run of that setting gets its own file
+        gpu_default = (args.model, args.group_size) == ("smollm2-135m", 64) and args.device != "cpu"
+        suffix = "" if gpu_default else f"_{args.model}_g{args.group_size}"
         args.out = str(Path(__file__).parent / "results" / f"gptq_awq_bench{suffix}.json")
     if "gptqmodel" in args.methods.split(",") and not args.gptqmodel_path:
         ap.error("method gptqmodel needs --gptqmodel-path")
@@ -295,8 +297,9 @@ def main(argv=None) -> int:
                 if mixed:
                     em = "local" if "local" in name else "residual"
                     rounding = "gptq" if name.startswith("mixed-gp") else "nearest"
-                    plan, budget = mixed_plan(source, ids, device, args.group_size, em, rounding)
+                    plan, budget, uniform_pred = mixed_plan(source, ids, device, args.group_size, em, rounding)
                     row.update(budget_bytes=budget, error_model=em, probe_rounding=rounding,
+                               predicted_error=plan.totals.predicted_error, uniform_predicted_error=uniform_pred,
                                measure_seconds=_MEAS[rounding + "_seconds"])
                 if name == "gptqmodel":
                     row["method"] = f"gptqmodel 4-bit g{args.group_size} sym"

@@ -85,9 +85,11 @@ def load_calibration(output_dir: str | Path):
 
 
 def measure(model, output_dir: str | Path, calibration=None, backend: str = "gguf", formats=None,
-            metric: str = "lim", device: str = "auto", batch_size: int = 4):
+            metric: str = "lim", device: str = "auto", batch_size: int = 4, rounding: str = "nearest"):
     """Stream the calibration set through the model layer by layer; writes measurements.json,
-    importance_analysis/ (JSON, plots, imatrix.gguf)."""
+    importance_analysis/ (JSON, plots, imatrix.gguf). ``rounding``: how the error probes round
+    int formats, "nearest" (default) or "gptq" (GPTQ with each linear's own H; in
+    bench/gptq_awq_bench.py its plans were better on gemma3-270m, worse on smollm2-135m)."""
     from .backends import get_backend
     from .engine.observers.importance import metric_names
     from .errors import ConfigError
@@ -97,9 +99,9 @@ def measure(model, output_dir: str | Path, calibration=None, backend: str = "ggu
         raise ConfigError(f"unknown metric {metric!r}; available: {', '.join(metric_names())}")
     src = _source(model)
     calib = calibration if calibration is not None else load_calibration(output_dir)
-    family = get_backend(backend).format_family
-    res = run_measurements(src, calib.input_ids, list(formats or DEFAULT_FORMATS[family]), metric=metric,
-                           device=device, batch_size=batch_size)
+    be = get_backend(backend)
+    res = run_measurements(src, calib.input_ids, list(formats or DEFAULT_FORMATS[be.format_family]), metric=metric,
+                           device=device, batch_size=batch_size, rounding=rounding)
     write_outputs(res, Path(output_dir), src, datasets=[str(s.get("path", "generated"))
                                                         for s in calib.meta.get("sources", [])] or ["calibration"],
                   chunk_size=calib.input_ids.shape[1])

@@ -80,3 +80,23 @@ def test_run_script_is_valid_and_quoted(tmp_path):
     text = script.read_text()
     body = text.split("<<'LLM_QUANTIZER_CONFIG'\n", 1)[1].split("\nLLM_QUANTIZER_CONFIG", 1)[0]
     assert RunConfig.model_validate_json(body).model == cfg.model
+
+
+def test_measure_probes_follow_the_backend(tiny_run_inputs, tmp_path):
+    """rounding="gptq": the int formats' errors come from GPTQ rounding (below nearest's); backend
+    gguf: every GGUF format carries llama.cpp's activation rounding error, F32 none."""
+    root = tiny_run_inputs
+    src = api._source(str(root / "model"))
+    api.calibrate(src, tmp_path, data=[str(root / "calib.txt")], samples=4, seq_len=32)
+    fm = ["int3_g32", "int4_g32"]
+    near = api.measure(src, tmp_path, backend="gptq", formats=fm).measurements
+    gp = api.measure(src, tmp_path, backend="gptq", formats=fm, rounding="gptq").measurements
+    assert near["probe_rounding"] == "nearest" and gp["probe_rounding"] == "gptq"
+    pairs = [(a["errors"], b["errors"]) for a, b in zip(near["tensors"], gp["tensors"]) if a["layer"] is not None
+             and a["errors"]]
+    assert pairs and all(b[f] < a[f] for a, b in pairs for f in fm)
+    assert not any("runtime_errors" in t for t in gp["tensors"])
+    gg = api.measure(src, tmp_path, backend="gguf", formats=["Q4_0", "Q8_0", "F32"]).measurements
+    lin = [t for t in gg["tensors"] if t["layer"] is not None and t["errors"]]
+    assert lin and all(0 < t["runtime_errors"]["Q4_0"] <= t["errors"]["Q4_0"] for t in lin)
+    assert all(t["runtime_errors"]["F32"] == 0 == t["errors"]["F32"] for t in lin)
