@@ -6,6 +6,7 @@ first and last and the ratios use the mean of the two (the machine is shared: lo
   engine    the streaming engine with every observer (activations + H, importance, outliers,
             per-format probes for the gguf format set)
   noprobes  the same without the probes
+  noruntime the engine without the activation-rounding term of the GGUF probes (not by default)
   forward   the full model (``load_full_model``), ``model(ids)`` batch by batch, same batching
 
 Time counts the engine's construction + run (resp. the forward loop); model loading for the
@@ -109,9 +110,11 @@ def child(part: str, args) -> dict:
         from llm_quantizer.engine.observers.probes import ErrorProbe
         from llm_quantizer.measure.run import DEFAULT_FORMATS
 
-        obs = [ActivationStats(), ImportanceObserver(), OutlierObserver()]
-        if part == "engine":
-            obs.append(ErrorProbe(DEFAULT_FORMATS[args.family]))
+        # as run_measurements: GGUF probes also price llama.cpp's activation rounding
+        runtime = part == "engine" and args.family == "gguf"
+        obs = [ActivationStats(runtime=runtime), ImportanceObserver(), OutlierObserver()]
+        if part in ("engine", "noruntime"):
+            obs.append(ErrorProbe(DEFAULT_FORMATS[args.family], runtime=runtime))
         timed = [Timed(o) for o in obs]
         t0, c0 = time.perf_counter(), _cpu_s()
         eng = LayerwiseEngine(src, EngineOptions(device="cpu", batch_size=args.batch_size, progress=False,
@@ -119,7 +122,8 @@ def child(part: str, args) -> dict:
         eng.run(ids, timed)
         info["seconds"], info["cpu_s"] = time.perf_counter() - t0, _cpu_s() - c0
         info["observer_s"] = {t.name: t.seconds for t in timed}
-        info["formats"] = DEFAULT_FORMATS[args.family] if part == "engine" else []
+        info["formats"] = DEFAULT_FORMATS[args.family] if part in ("engine", "noruntime") else []
+        info["runtime_term"] = runtime
     info["peak_rss_mib"] = _rss_mib()
     info["base_rss_mib"] = base_rss
     return info

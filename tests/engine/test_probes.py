@@ -93,3 +93,19 @@ def test_runtime_term_adds_llamacpps_activation_rounding(wh):
     assert got["int4_g32"] == plain["int4_g32"]
     # Q8_K's 256-wide blocks share the outlier's scale: its runtime error dwarfs Q8_0's
     assert got["Q4_K"]["runtime"] > 5 * got["Q8_0"]["runtime"]
+
+
+def test_input_stats_runtime_mean_is_a_strided_estimate_of_the_full_mean():
+    from llm_quantizer.engine.observers.activations import RUNTIME_STRIDE, InputStats
+    from llm_quantizer.ggml.runtime import squared_error_sums
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1003, 64, generator=g) * torch.linspace(0.1, 5, 64)
+    s = InputStats(64, True, "cpu", ("Q8_0", "F16"))
+    for b in x.split(97):            # batches not a multiple of the stride: rows stay evenly strided
+        s.add(b)
+    assert s.runtime_count == len(range(0, 1003, RUNTIME_STRIDE))
+    exact = squared_error_sums(x[::RUNTIME_STRIDE], ["Q8_0"])["Q8_0"] / s.runtime_count
+    assert torch.allclose(s.runtime_mean_sq()["Q8_0"], exact)
+    full = squared_error_sums(x, ["Q8_0"])["Q8_0"] / x.shape[0]
+    assert float(s.runtime_mean_sq()["Q8_0"].sum()) == pytest.approx(float(full.sum()), rel=0.05)
