@@ -3,9 +3,13 @@ tr(dW H dW^T) / tokens, with dW from the format's real quantizer and H from the 
 activations (``ActivationStats`` must run before this observer).
 
 ``rounding="gptq"``: int formats are rounded by GPTQ with the linear's own H (act-order, static
-groups: what the gptq backend writes) instead of to nearest. GPTQ shrinks the error of each
-format by a different factor (more at 3 bits than at 8, more where H is far from diagonal), so a
-plan for the gptq backend made from round-to-nearest errors trades the wrong tensors."""
+groups: what the gptq backend writes) instead of to nearest. GPTQ shrinks each format's error by
+a different factor. These local errors leave out the compensation of the real sequential pass,
+though: in bench/gptq_awq_bench.py their plans were better on gemma3-270m and worse on
+smollm2-135m, so nearest stays the default.
+
+``runtime=True``: GGUF and float formats also pay llama.cpp's rounding of the input
+(``ggml.runtime``)."""
 from __future__ import annotations
 
 import numpy as np
