@@ -99,8 +99,8 @@ def measure(model, output_dir: str | Path, calibration=None, backend: str = "ggu
         raise ConfigError(f"unknown metric {metric!r}; available: {', '.join(metric_names())}")
     src = _source(model)
     calib = calibration if calibration is not None else load_calibration(output_dir)
-    be = get_backend(backend)
-    res = run_measurements(src, calib.input_ids, list(formats or DEFAULT_FORMATS[be.format_family]), metric=metric,
+    family = get_backend(backend).format_family
+    res = run_measurements(src, calib.input_ids, list(formats or DEFAULT_FORMATS[family]), metric=metric,
                            device=device, batch_size=batch_size, rounding=rounding)
     write_outputs(res, Path(output_dir), src, datasets=[str(s.get("path", "generated"))
                                                         for s in calib.meta.get("sources", [])] or ["calibration"],

@@ -39,8 +39,8 @@ class MeasureResult:
 def run_measurements(source: ModelSource, input_ids: torch.Tensor, formats: list[str], metric: str = "lim",
                      device: str = "auto", batch_size: int = 4, progress: bool = True,
                      rounding: str = "nearest") -> MeasureResult:
-    """``rounding``: how the error probes round int formats, "nearest" or "gptq" (what the gptq
-    backend will do; see ``engine.observers.probes``). GGUF formats among ``formats``: each also
+    """``rounding``: how the error probes round int formats, "nearest" or "gptq" (GPTQ on each
+    linear's own H; see ``engine.observers.probes``). GGUF formats among ``formats``: each also
     pays the error of llama.cpp's runtime rounding of its input (``ggml.runtime``)."""
     runtime = any(f not in FLOAT_TYPES and get_format(f).family == "gguf" for f in formats)
     stats, imp, out = ActivationStats(runtime=runtime), ImportanceObserver(), OutlierObserver()
@@ -76,6 +76,7 @@ def build_measurements(source: ModelSource, probes: dict, importance: dict, metr
     for info in source.tensors.values():
         layer, kind = lm.classify(info.name)
         probe = probes["tensors"].get(info.name, {})
+        runtime = {f: p["runtime"] for f, p in probe.items() if "runtime" in p}
         tensors.append({
             "name": info.name, "gguf_name": source.gguf_name(info.name), "kind": kind, "layer": layer,
             "shape": list(info.shape), "numel": info.numel, "source_dtype": info.dtype, "source_bytes": info.nbytes,
@@ -84,8 +85,7 @@ def build_measurements(source: ModelSource, probes: dict, importance: dict, metr
             "super_weight": info.name in super_tensors,
             "transfer": transfer.get(info.name),
             "errors": {f: p["error"] for f, p in probe.items()},
-            **({"runtime_errors": {f: p["runtime"] for f, p in probe.items() if "runtime" in p}}
-               if any("runtime" in p for p in probe.values()) else {}),
+            **({"runtime_errors": runtime} if runtime else {}),
             "effective": {f: p["effective"] for f, p in probe.items() if p["effective"] != f},
         })
     total_params = sum(t["numel"] for t in tensors)
